@@ -1,0 +1,323 @@
+"""The one checking mechanism of the course.
+
+Every exercise has a check function, registered here with ``@exercise``. The same function
+runs everywhere a learner's work is judged:
+
+* the check cell in the notebook (``check_softmax(softmax)``), which nbgrader also grades;
+* ``tantra check`` / ``tantra grade`` (which read the structured result it emits);
+* ``pytest --tantra notebook.ipynb`` (tantra_lib.pytest_plugin);
+* the course's own tests of the checks (tests/test_checks_*.py).
+
+A check function receives the learner's object and raises ``Mistake`` (an AssertionError)
+whose message names the likely error and whose hint says where to look. ``run_check`` wraps
+it: it activates the shortcut guard, turns a NotImplementedError into "not attempted yet",
+an unexpected exception into a readable error, reports the result (a compact box in Jupyter,
+one line elsewhere, plus a machine-readable JSON bundle) and raises ``CheckFailed`` when the
+exercise is not passed, so nbgrader sees a failing cell.
+"""
+
+from __future__ import annotations
+
+import functools
+import html
+import json
+import sys
+import traceback
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import asdict, dataclass, field
+
+import torch
+
+from ..shortcut_guard import ShortcutGuard, ShortcutUsed
+
+__all__ = [
+    "MIME_TYPE",
+    "Exercise",
+    "Result",
+    "Mistake",
+    "CheckFailed",
+    "REGISTRY",
+    "exercise",
+    "run_check",
+    "expect",
+    "compare",
+    "call",
+    "lookup",
+]
+
+#: The mime type of the structured result each check cell displays (read by `tantra check`).
+MIME_TYPE = "application/vnd.tantra.check+json"
+
+
+@dataclass(frozen=True)
+class Exercise:
+    name: str  # the contract name the learner implements, e.g. "softmax"
+    lesson: str  # e.g. "01_softmax"
+    forbids: tuple[str, ...]  # dotted names the shortcut guard refuses during the check
+    fn: Callable = field(repr=False, compare=False)  # fn(obj, hidden) raises Mistake
+
+
+#: exercise name -> Exercise, filled as the check modules are imported.
+REGISTRY: dict[str, Exercise] = {}
+
+
+class Mistake(AssertionError):
+    """A wrong answer, with the likely mistake named and a hint where to look."""
+
+    def __init__(self, message: str, hint: str = ""):
+        super().__init__(message)
+        self.message = message
+        self.hint = hint
+
+    def __str__(self) -> str:
+        return self.message + (f"\nHint: {self.hint}" if self.hint else "")
+
+
+@dataclass
+class Result:
+    exercise: str
+    lesson: str
+    passed: bool
+    status: str  # "passed" | "failed" | "not_attempted" | "shortcut" | "error"
+    message: str = ""
+    hint: str = ""
+    details: str = ""  # traceback text, shown folded
+
+    def to_json(self) -> dict:
+        return asdict(self)
+
+    def line(self) -> str:
+        """One plain-text line (two with a hint)."""
+        if self.passed:
+            return f"✓ {self.exercise}: passed"
+        label = {"not_attempted": "not attempted yet"}.get(self.status, self.status)
+        text = f"✗ {self.exercise} ({label}): {self.message}"
+        return text + (f"\n  Hint: {self.hint}" if self.hint else "")
+
+
+class CheckFailed(AssertionError):
+    """Raised by a check cell whose exercise is not passed (nbgrader counts the cell as failed)."""
+
+    def __init__(self, result: Result):
+        self.result = result
+        super().__init__(result.line())
+
+    def _render_traceback_(self) -> list[str]:
+        # IPython calls this instead of printing the whole traceback: the box above the error
+        # already says what went wrong, and "show details" holds the traceback.
+        return [f"CheckFailed: {self.result.line()}"]
+
+
+def expect(condition: bool, message: str, hint: str = "") -> None:
+    """Raise Mistake(message, hint) unless `condition` holds."""
+    if not condition:
+        raise Mistake(message, hint)
+
+
+def _close(a: torch.Tensor, b: torch.Tensor, atol: float, rtol: float) -> bool:
+    if a.shape != b.shape:
+        return False
+    return bool(torch.allclose(a.detach().double(), b.detach().double(), atol=atol, rtol=rtol, equal_nan=False))
+
+
+def compare(
+    actual,
+    expected: torch.Tensor,
+    *,
+    what: str,
+    hint: str = "",
+    mistakes: Iterable[tuple[torch.Tensor, str, str]] = (),
+    atol: float = 1e-5,
+    rtol: float = 1e-5,
+    check_dtype: bool = True,
+) -> None:
+    """Compare a learner tensor with the expected one, naming the mistake when they differ.
+
+    `what` describes the call ("softmax(x) for x of shape (4, 7)"). `mistakes` lists
+    (tensor, message, hint) triples: what a typical wrong implementation returns; the first
+    one `actual` matches gives the message. Checks, in order: is a tensor, shape, dtype,
+    device, finite, values.
+    """
+    if not isinstance(actual, torch.Tensor):
+        raise Mistake(f"{what} returned {type(actual).__name__}, expected a torch.Tensor.",
+                      "Return the tensor itself (not a list, a NumPy array or None).")
+    for tensor, message, mhint in mistakes:
+        if tensor is not None and tensor.shape == actual.shape \
+                and _close(actual, tensor.to(actual.device), atol, rtol) \
+                and not _close(tensor.to(expected.device), expected, atol, rtol):
+            raise Mistake(f"{what}: {message}", mhint or hint)
+    if tuple(actual.shape) != tuple(expected.shape):
+        raise Mistake(f"{what} has shape {tuple(actual.shape)}, expected {tuple(expected.shape)}.", hint)
+    if check_dtype and actual.dtype != expected.dtype:
+        raise Mistake(f"{what} has dtype {actual.dtype}, expected {expected.dtype} (the input's dtype).",
+                      "Avoid hard-coding float32 or calling .float()/.double() on the result; "
+                      "create new tensors with the input's dtype and device.")
+    if actual.device.type != expected.device.type:
+        raise Mistake(f"{what} is on {actual.device}, expected {expected.device} (the input's device).",
+                      "Create new tensors on the input's device (device=x.device), never a fixed one.")
+    if expected.is_floating_point():
+        finite_expected = torch.isfinite(expected)
+        bad = finite_expected & ~torch.isfinite(actual)
+        if bool(bad.any()):
+            n = int(bad.sum())
+            raise Mistake(f"{what} contains {n} NaN/inf value(s) where the answer is finite.", hint)
+    if not _close(actual, expected, atol, rtol):
+        diff = (actual.detach().double() - expected.detach().double()).abs()
+        raise Mistake(
+            f"{what} is wrong: largest difference from the expected values is {float(diff.max()):.3g} "
+            f"(allowed {atol:g} + {rtol:g}·|expected|).",
+            hint,
+        )
+
+
+def _snapshot(args) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    return [(a, a.detach().clone()) for a in args if isinstance(a, torch.Tensor)]
+
+
+def call(fn: Callable, *args, name: str = "", **kwargs):
+    """Call learner code and make sure it did not modify its tensor inputs in place."""
+    snap = _snapshot(list(args) + list(kwargs.values()))
+    out = fn(*args, **kwargs)
+    for original, copy in snap:
+        if original.shape != copy.shape or not torch.equal(original.detach(), copy):
+            raise Mistake(
+                f"`{name or getattr(fn, '__name__', 'your function')}` modified its input in place.",
+                "Use out-of-place operations (x - m, not x -= m or x.sub_(m)) so the caller's "
+                "tensor stays as it was.",
+            )
+    return out
+
+
+def lookup(name: str) -> Exercise:
+    """The registered exercise called `name` (KeyError with the known names otherwise)."""
+    from . import _load_all
+
+    _load_all()
+    try:
+        return REGISTRY[name]
+    except KeyError:
+        raise KeyError(f"no exercise called {name!r}; known: {', '.join(sorted(REGISTRY))}") from None
+
+
+# ----------------------------------------------------------------------------- reporting
+
+
+def _in_kernel() -> bool:
+    ip = sys.modules.get("IPython")
+    if ip is None:
+        return False
+    shell = ip.get_ipython()
+    return shell is not None and getattr(shell, "kernel", None) is not None
+
+
+def _html(result: Result) -> str:
+    e = html.escape
+    if result.passed:
+        return (
+            '<div class="tantra-check tantra-pass" style="color:#1a7f37;font-family:sans-serif">'
+            f"✓ <b>{e(result.exercise)}</b> passed</div>"
+        )
+    title = {"not_attempted": "not attempted yet", "shortcut": "shortcut used",
+             "error": "your code raised an error"}.get(result.status, "not right yet")
+    hint = f'<div style="margin-top:4px">💡 <b>Hint:</b> {e(result.hint)}</div>' if result.hint else ""
+    details = (
+        '<details style="margin-top:4px"><summary>show details</summary>'
+        f'<pre style="font-size:11px;white-space:pre-wrap">{e(result.details)}</pre></details>'
+        if result.details else ""
+    )
+    return (
+        '<div class="tantra-check tantra-fail" style="border-left:4px solid #cf222e;'
+        'background:#fff5f5;color:#24292f;padding:6px 10px;font-family:sans-serif">'
+        f"✗ <b>{e(result.exercise)}</b> — {e(title)}"
+        f'<div style="margin-top:4px">{e(result.message)}</div>{hint}{details}</div>'
+    )
+
+
+def report(result: Result) -> None:
+    """Show the result: a rich bundle inside a Jupyter kernel, a line on stdout elsewhere."""
+    if _in_kernel():
+        from IPython.display import display
+
+        display(
+            {"text/plain": result.line(), "text/html": _html(result), MIME_TYPE: result.to_json()},
+            raw=True,
+        )
+    elif result.passed:
+        print(result.line())
+
+
+# ----------------------------------------------------------------------------- running
+
+
+def _short_traceback(exc: BaseException) -> str:
+    """The traceback without the frames of this module (they are the same for everyone)."""
+    frames = [f for f in traceback.extract_tb(exc.__traceback__) if not f.filename.endswith("_core.py")]
+    lines = traceback.format_list(frames) + traceback.format_exception_only(type(exc), exc)
+    return "".join(lines)
+
+
+def run_check(ex: Exercise, obj, hidden: bool = False, quiet: bool = False) -> Result:
+    """Run one exercise's check on the learner's object; report; raise CheckFailed if not passed."""
+    result = Result(ex.name, ex.lesson, passed=False, status="failed")
+    try:
+        if obj is None:
+            raise Mistake(f"`{ex.name}` is None.", f"Define `{ex.name}` in the exercise cell and run that cell first.")
+        with ShortcutGuard(ex.name, ex.forbids):
+            ex.fn(obj, hidden=hidden)
+        result.passed, result.status = True, "passed"
+    except ShortcutUsed as e:
+        result.status, result.message = "shortcut", str(e)
+        result.hint = "The point of the exercise is to see how it works inside: write it from the formula."
+    except NotImplementedError as e:
+        result.status = "not_attempted"
+        result.message = f"`{ex.name}` still raises NotImplementedError."
+        result.hint = ("Replace `raise NotImplementedError()` with your code, run that cell, then this one."
+                       + (f" ({e})" if str(e) else ""))
+        result.details = _short_traceback(e)
+    except Mistake as e:
+        result.message, result.hint = e.message, e.hint
+        result.details = _short_traceback(e)
+    except AssertionError as e:
+        result.message = str(e) or "an assertion failed"
+        result.details = _short_traceback(e)
+    except Exception as e:  # the learner's code crashed: say where, not a wall of traceback
+        result.status = "error"
+        result.message = f"calling `{ex.name}` raised {type(e).__name__}: {e}"
+        result.hint = "Read the last lines under 'show details': they point at the line in your code."
+        result.details = _short_traceback(e)
+    if not quiet:
+        report(result)
+    if not result.passed:
+        raise CheckFailed(result) from None
+    return result
+
+
+def exercise(name: str, lesson: str, forbids: Sequence[str] = ()):
+    """Register a check function ``fn(obj, hidden=False)`` for exercise `name`.
+
+    Returns the learner-facing check ``check(obj, hidden=False) -> Result``.
+    """
+
+    def decorate(fn: Callable) -> Callable:
+        ex = Exercise(name, lesson, tuple(forbids), fn)
+        REGISTRY[name] = ex
+
+        @functools.wraps(fn)
+        def check(obj, hidden: bool = False, quiet: bool = False) -> Result:
+            return run_check(ex, obj, hidden=hidden, quiet=quiet)
+
+        check.exercise = ex
+        return check
+
+    return decorate
+
+
+def results_from_outputs(outputs: list) -> list[dict]:
+    """The check results a notebook cell displayed (its outputs as nbformat dicts)."""
+    found = []
+    for out in outputs or []:
+        data = out.get("data") if isinstance(out, dict) else None
+        if data and MIME_TYPE in data:
+            value = data[MIME_TYPE]
+            found.append(json.loads(value) if isinstance(value, str) else dict(value))
+    return found

@@ -1,0 +1,1 @@
+"""Checks of lesson block (being written)."""

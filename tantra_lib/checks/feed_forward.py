@@ -1,0 +1,1 @@
+"""Checks of lesson feed_forward (being written)."""

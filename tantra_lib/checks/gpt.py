@@ -1,0 +1,1 @@
+"""Checks of lesson gpt (being written)."""

@@ -1,0 +1,1 @@
+"""Checks of lesson kv_cache (being written)."""

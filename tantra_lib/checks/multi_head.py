@@ -1,0 +1,1 @@
+"""Checks of lesson multi_head (being written)."""

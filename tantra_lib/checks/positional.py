@@ -1,0 +1,1 @@
+"""Checks of lesson positional (being written)."""

@@ -1,0 +1,1 @@
+"""Checks of lesson pretrained (being written)."""
