@@ -10,6 +10,7 @@ from .attention import attention_scores, causal_mask, scaled_dot_product_attenti
 from .block import TransformerBlock
 from .device import get_device, seed_everything
 from .feed_forward import FeedForward, SwiGLU, gelu, gelu_tanh
+from .gpt import GPT, GPTConfig
 from .kv_cache import KVCache
 from .multi_head import MultiHeadAttention, merge_heads, split_heads
 from .norm import LayerNorm, RMSNorm, layer_norm, rms_norm
@@ -51,4 +52,6 @@ __all__ = [
     "FeedForward",
     "SwiGLU",
     "TransformerBlock",
+    "GPTConfig",
+    "GPT",
 ]

@@ -33,7 +33,9 @@ def attention_scores(q: torch.Tensor, k: torch.Tensor) -> torch.Tensor:
             f"queries and keys need the same feature size d_k: q has {q.shape[-1]}, "
             f"k has {k.shape[-1]}"
         )
-    return (q @ k.transpose(-2, -1)) / math.sqrt(q.shape[-1])  # (..., t_q, t_k)
+    # Scaling q (t_q x d_k) before the product is the same maths as scaling the scores
+    # (t_q x t_k) after it, and much cheaper when t_k > d_k.
+    return (q * (1.0 / math.sqrt(q.shape[-1]))) @ k.transpose(-2, -1)  # (..., t_q, t_k)
 
 
 @reference("causal_mask")

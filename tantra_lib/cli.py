@@ -27,6 +27,16 @@ def _handler(dotted: str):
     return run
 
 
+def _add_limits(p: argparse.ArgumentParser, default_timeout: str = "120") -> None:
+    """The sandbox's limits, shared by check, grade and autograde."""
+    p.add_argument("--timeout", type=float, default=None, metavar="S",
+                   help=f"per-cell time limit in seconds (default: {default_timeout})")
+    p.add_argument("--notebook-timeout", dest="notebook_timeout", type=float, default=None, metavar="S",
+                   help="time limit for the whole notebook in seconds (default: 900)")
+    p.add_argument("--memory", type=int, default=None, metavar="MB",
+                   help="address-space limit of the notebook's kernel in MiB (default: 4096; 0 = none)")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="tantra",
@@ -39,7 +49,7 @@ def build_parser() -> argparse.ArgumentParser:
                                    "Exit status 0 iff every exercise passes.")
     p.add_argument("notebook", metavar="NOTEBOOK", help="path to a lesson notebook (.ipynb)")
     p.add_argument("--json", action="store_true", help="print the result as JSON")
-    p.add_argument("--timeout", type=float, default=None, metavar="S", help="per-cell time limit in seconds")
+    _add_limits(p)
     p.set_defaults(func=_handler("tantra_lib.grading.cli:cmd_check"))
 
     p = sub.add_parser("grade", help="grade one notebook as the instructor would (hidden tests included)",
@@ -47,7 +57,7 @@ def build_parser() -> argparse.ArgumentParser:
                                    "solutions/. The notebook file is never modified.")
     p.add_argument("notebook", metavar="NOTEBOOK", help="path to a lesson notebook (.ipynb)")
     p.add_argument("--json", action="store_true", help="print the result as JSON")
-    p.add_argument("--timeout", type=float, default=None, metavar="S", help="per-cell time limit in seconds")
+    _add_limits(p)
     p.set_defaults(func=_handler("tantra_lib.grading.cli:cmd_grade"))
 
     p = sub.add_parser("autograde", help="grade a whole class's submissions of one lesson (for instructors)",
@@ -56,8 +66,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("lesson", metavar="LESSON", help="lesson name, e.g. 01_softmax")
     p.add_argument("--submissions", required=True, metavar="DIR", help="nbgrader layout: DIR/<student>/<LESSON>/")
     p.add_argument("--jobs", type=int, default=None, metavar="N", help="parallel graders (default: number of cores)")
-    p.add_argument("--timeout", type=float, default=None, metavar="S", help="per-cell time limit in seconds")
-    p.add_argument("--out", default=None, metavar="DIR", help="where the gradebook, CSV and feedback go")
+    _add_limits(p)
+    p.add_argument("--out", default=None, metavar="DIR",
+                   help="where the gradebook, CSV and feedback go (default: ./autograded-LESSON)")
+    p.add_argument("--json", action="store_true", help="print the summary as JSON")
+    p.add_argument("--no-progress", dest="no_progress", action="store_true", help="no progress bar")
     p.set_defaults(func=_handler("tantra_lib.grading.cli:cmd_autograde"))
 
     p = sub.add_parser("train", help="train the default character GPT on Shakespeare",

@@ -2,7 +2,7 @@
 
 Every lesson starts with `device = get_device()`: the same notebook then runs on an NVIDIA
 GPU (cuda), an Apple GPU (mps) or the CPU without edits. Nothing else in tantra_lib names a
-device: functions take it from their inputs.
+device: functions take it from their inputs. Tested in tests/test_lib_device.py.
 """
 
 from __future__ import annotations

@@ -12,10 +12,7 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
-import subprocess
 import sys
-import tempfile
 from pathlib import Path
 
 __all__ = ["REPO", "SOLUTIONS", "LESSONS", "lesson_names", "generate", "normalised"]
@@ -42,32 +39,24 @@ def nbgrader_env() -> dict:
 def generate(lessons: list[str] | None = None, out_dir: Path = LESSONS) -> list[Path]:
     """Run nbgrader generate_assignment for each lesson, writing out_dir/<lesson>/<lesson>.ipynb.
 
-    Works in a throw-away course folder so no gradebook or nbgrader state lands in the repo.
+    nbgrader runs in this process, in a throw-away course folder per lesson (the build
+    ``tantra grade`` uses too, cached by the content of solutions/<lesson> and
+    nbgrader_config.py), so no gradebook or nbgrader state lands in the repo.
     """
+    from .grading.course import lesson_course
+
     lessons = lessons or lesson_names()
     written = []
-    with tempfile.TemporaryDirectory(prefix="tantra-generate-") as tmp:
-        course = Path(tmp)
-        (course / "source").mkdir()
-        for name in lessons:
-            src = SOLUTIONS / name
-            if not (src / f"{name}.ipynb").exists():
-                raise FileNotFoundError(f"no instructor notebook {src / (name + '.ipynb')}")
-            shutil.copytree(src, course / "source" / name, ignore=shutil.ignore_patterns(".ipynb_checkpoints"))
-            cmd = [
-                sys.executable, "-m", "nbgrader", "generate_assignment", name, "--force",
-                f"--CourseDirectory.root={course}", "--CourseDirectory.source_directory=source",
-                "--CourseDirectory.release_directory=release", "--log-level=WARN",
-            ]
-            proc = subprocess.run(cmd, cwd=course, env=nbgrader_env(), capture_output=True, text=True)
-            if proc.returncode:
-                raise RuntimeError(f"nbgrader generate_assignment {name} failed:\n{proc.stdout}\n{proc.stderr}")
-            target = out_dir / name
-            target.mkdir(parents=True, exist_ok=True)
-            for nb in (course / "release" / name).glob("*.ipynb"):
-                dest = target / nb.name
-                dest.write_text(normalised(nb.read_text(encoding="utf-8")), encoding="utf-8")
-                written.append(dest)
+    for name in lessons:
+        if not (SOLUTIONS / name / f"{name}.ipynb").exists():
+            raise FileNotFoundError(f"no instructor notebook {SOLUTIONS / name / (name + '.ipynb')}")
+        release = lesson_course(name) / "release" / name
+        target = out_dir / name
+        target.mkdir(parents=True, exist_ok=True)
+        for nb in sorted(release.glob("*.ipynb")):
+            dest = target / nb.name
+            dest.write_text(normalised(nb.read_text(encoding="utf-8")), encoding="utf-8")
+            written.append(dest)
     return written
 
 

@@ -13,6 +13,7 @@ nn.MultiheadAttention in tests/test_lib_multi_head.py.
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from .attention import scaled_dot_product_attention
@@ -78,11 +79,19 @@ class MultiHeadAttention(nn.Module):
         # 3) with a cache, attend over the past keys/values too
         if cache is not None:
             k, v = cache.update(k, v)  # (B, H, T_total, D)
-        # 4) attention per head, all heads in one batched matmul
-        out, weights = scaled_dot_product_attention(q, k, v, mask)  # (B, H, T, D), (B, H, T, T_total)
-        if self.attn_dropout.p > 0 and self.training:
-            weights = self.attn_dropout(weights)
-            out = weights @ v
+        # 4) attention per head, all heads in one batched matmul. When the weights are not
+        #    asked for, PyTorch's fused kernel computes the same softmax(q k^T / sqrt(d)) v
+        #    (fully masked rows -> 0 too) without materialising them, several times faster;
+        #    return_weights=True runs the reference math below. Tests keep the two equal.
+        if not return_weights and (mask is None or mask.dtype == torch.bool):
+            p = self.attn_dropout.p if self.training else 0.0
+            out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=p)  # (B, H, T, D)
+            weights = None
+        else:
+            out, weights = scaled_dot_product_attention(q, k, v, mask)  # (B, H, T, D), (B, H, T, T_total)
+            if self.attn_dropout.p > 0 and self.training:
+                weights = self.attn_dropout(weights)
+                out = weights @ v
         # 5) heads side by side again, then mix them
         out = self.out_proj(merge_heads(out))  # (B, T, C)
         return (out, weights) if return_weights else out

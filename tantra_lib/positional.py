@@ -41,38 +41,50 @@ def sinusoidal_positional_encoding(
     for name, val in (("n_positions", n_positions), ("d_model", d_model)):
         if isinstance(val, bool) or not isinstance(val, int) or val < 1:
             raise ValueError(f"{name} must be a positive int, got {val!r}")
-    # Compute in float64 so large positions keep their precision, cast at the end.
-    pos = torch.arange(n_positions, dtype=torch.float64, device=device)[:, None]  # (P, 1)
-    two_i = torch.arange(0, d_model, 2, dtype=torch.float64, device=device)  # (ceil(d/2),)
+    # Compute in float64 on the CPU (mps has no float64) so large positions keep their
+    # precision; move and cast at the end.
+    pos = torch.arange(n_positions, dtype=torch.float64)[:, None]  # (P, 1)
+    two_i = torch.arange(0, d_model, 2, dtype=torch.float64)  # (ceil(d/2),)
     angle = pos / (10000.0 ** (two_i / d_model))  # (P, ceil(d/2))
-    pe = torch.empty(n_positions, d_model, dtype=torch.float64, device=device)
-    pe[:, 0::2] = torch.sin(angle)
-    pe[:, 1::2] = torch.cos(angle[:, : d_model // 2])
-    return pe.to(dtype)
+    pe = torch.empty(n_positions, d_model, dtype=torch.float64)
+    pe[:, 0::2] = torch.sin(angle)  # columns 0, 2, 4, ...
+    pe[:, 1::2] = torch.cos(angle[:, : d_model // 2])  # columns 1, 3, ... (one fewer when d_model is odd)
+    return pe.to(device=device, dtype=dtype)
 
 
 @reference("LearnedPositionalEmbedding")
 class LearnedPositionalEmbedding(nn.Module):
     """One learned d_model vector per position, up to n_positions.
 
-    forward(positions: long (..., T)) -> (..., T, d_model); an int T means positions 0..T-1.
+    forward(positions: integer tensor (..., T)) -> (..., T, d_model); an int T means
+    positions 0..T-1. A position outside 0..n_positions-1 raises ValueError.
     """
 
     def __init__(self, n_positions: int, d_model: int):
         super().__init__()
+        for name, val in (("n_positions", n_positions), ("d_model", d_model)):
+            if isinstance(val, bool) or not isinstance(val, int) or val < 1:
+                raise ValueError(f"{name} must be a positive int, got {val!r}")
         self.n_positions = n_positions
         self.weight = nn.Parameter(torch.empty(n_positions, d_model))
         nn.init.normal_(self.weight, std=0.02)
 
     def forward(self, positions) -> torch.Tensor:
-        if isinstance(positions, int):
+        if isinstance(positions, int) and not isinstance(positions, bool):
             positions = torch.arange(positions, device=self.weight.device)
-        if positions.numel() and int(positions.max()) >= self.n_positions:
-            raise ValueError(
-                f"position {int(positions.max())} is past the {self.n_positions} positions "
-                "this embedding was built for"
-            )
-        return self.weight[positions]
+        if not isinstance(positions, torch.Tensor) or positions.is_floating_point() or positions.dtype == torch.bool:
+            got = f"a {positions.dtype} tensor" if isinstance(positions, torch.Tensor) else type(positions).__name__
+            raise TypeError(f"positions must be an int or an integer tensor, got {got}")
+        if positions.numel():
+            lo, hi = int(positions.min()), int(positions.max())
+            if hi >= self.n_positions:
+                raise ValueError(
+                    f"position {hi} is past the {self.n_positions} positions this embedding was built for "
+                    f"(valid: 0..{self.n_positions - 1}); crop the input to the last {self.n_positions} tokens"
+                )
+            if lo < 0:
+                raise ValueError(f"positions must be >= 0, got {lo}")
+        return self.weight[positions]  # (..., T, d_model)
 
 
 @reference("apply_rope")
@@ -128,6 +140,8 @@ def alibi_bias(n_heads: int, t: int, device=None) -> torch.Tensor:
 
     Added to the scores before the softmax (with a causal mask, only j <= i matters there).
     """
+    if isinstance(t, bool) or not isinstance(t, int) or t < 1:
+        raise ValueError(f"t must be a positive int (the number of positions), got {t!r}")
     pos = torch.arange(t, device=device)
     dist = (pos[:, None] - pos[None, :]).abs().float()  # (t, t)
     return -alibi_slopes(n_heads).to(device)[:, None, None] * dist  # (H, t, t)

@@ -19,9 +19,18 @@ __all__ = ["softmax", "log_softmax", "masked_softmax"]
 _LOW_PRECISION = (torch.float16, torch.bfloat16)
 
 
-def _upcast(x: torch.Tensor) -> torch.Tensor:
+def _upcast(x: torch.Tensor, fn: str) -> torch.Tensor:
+    if not isinstance(x, torch.Tensor) or not x.is_floating_point():
+        got = f"dtype {x.dtype}" if isinstance(x, torch.Tensor) else type(x).__name__
+        raise TypeError(f"{fn} needs a floating-point tensor, got {got}")
     # Half precision sums lose digits fast; do the arithmetic in float32, return the input dtype.
     return x.float() if x.dtype in _LOW_PRECISION else x
+
+
+def _recorded(t: torch.Tensor) -> bool:
+    """True when autograd records operations on `t` (it may then need `t` for the backward
+    pass, so `t` must not be overwritten in place)."""
+    return torch.is_grad_enabled() and t.requires_grad
 
 
 @reference("softmax")
@@ -31,11 +40,15 @@ def softmax(x: torch.Tensor, dim: int = -1) -> torch.Tensor:
     x: (..., n) any float dtype, any device  ->  (..., n), same dtype; entries in [0, 1]
     that sum to 1 along `dim`.
     """
-    xf = _upcast(x)
+    xf = _upcast(x, "softmax")
     # The max only shifts the exponent; detaching it skips a gradient that is exactly zero.
-    shifted = xf - xf.amax(dim=dim, keepdim=True).detach()
-    e = shifted.exp()
-    return (e / e.sum(dim=dim, keepdim=True)).to(x.dtype)
+    # exp_ works in place on the fresh difference: one (..., n) temporary fewer.
+    e = (xf - xf.amax(dim=dim, keepdim=True).detach()).exp_()
+    total = e.sum(dim=dim, keepdim=True)
+    # Under autograd e is kept for the backward pass, so divide out of place; otherwise
+    # (inference) normalise e in place: no third (..., n) tensor, half the memory traffic.
+    probs = e / total if _recorded(e) else e.div_(total)
+    return probs.to(x.dtype)
 
 
 @reference("log_softmax")
@@ -45,7 +58,7 @@ def log_softmax(x: torch.Tensor, dim: int = -1) -> torch.Tensor:
     log_softmax(x)_i = (x_i - m) - log(sum_j exp(x_j - m)), m = max_j x_j.
     x: (..., n) -> (..., n), same dtype; every entry <= 0.
     """
-    xf = _upcast(x)
+    xf = _upcast(x, "log_softmax")
     shifted = xf - xf.amax(dim=dim, keepdim=True).detach()
     return (shifted - shifted.exp().sum(dim=dim, keepdim=True).log()).to(x.dtype)
 
@@ -57,15 +70,17 @@ def masked_softmax(x: torch.Tensor, mask: torch.Tensor, dim: int = -1) -> torch.
     x: (..., n) float; mask: bool, broadcastable to x, True = keep.  ->  (..., n).
     A row whose entries are all masked returns all zeros (never NaN).
     """
-    if mask.dtype != torch.bool:
-        raise TypeError(f"mask must be a bool tensor (True = keep), got dtype {mask.dtype}")
-    xf = _upcast(x)
-    neg_inf = torch.finfo(xf.dtype).min
-    scores = xf.masked_fill(~mask, neg_inf)
-    shifted = scores - scores.amax(dim=dim, keepdim=True).detach()
-    # exp of a masked entry is forced to 0 (not exp(min - max), which may be 1 in a fully
+    if not isinstance(mask, torch.Tensor) or mask.dtype != torch.bool:
+        got = f"dtype {mask.dtype}" if isinstance(mask, torch.Tensor) else type(mask).__name__
+        raise TypeError(f"mask must be a bool tensor (True = keep), got {got}")
+    xf = _upcast(x, "masked_softmax")
+    dropped = ~mask
+    scores = xf.masked_fill(dropped, torch.finfo(xf.dtype).min)
+    e = (scores - scores.amax(dim=dim, keepdim=True).detach()).exp_()
+    # exp of a masked entry is forced to 0 (not exp(min - max), which is 1 in a fully
     # masked row), so a fully masked row sums to 0 ...
-    e = shifted.exp().masked_fill(~mask, 0.0)
-    total = e.sum(dim=dim, keepdim=True)
+    e = e.masked_fill(dropped, 0.0) if _recorded(e) else e.masked_fill_(dropped, 0.0)
     # ... and dividing by max(total, tiny) turns its 0/0 into 0/tiny = 0.
-    return (e / total.clamp_min(torch.finfo(xf.dtype).tiny)).to(x.dtype)
+    total = e.sum(dim=dim, keepdim=True).clamp_min(torch.finfo(xf.dtype).tiny)
+    probs = e / total if _recorded(e) else e.div_(total)
+    return probs.to(x.dtype)

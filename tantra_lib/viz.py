@@ -1,5 +1,6 @@
 """Plots the lessons share: attention heatmaps (one head or many) and pictures of
 positional encodings. Each returns the matplotlib Figure so a notebook shows it once.
+Tensors may live on any device and need not be detached. Tested in tests/test_lib_viz.py.
 """
 
 from __future__ import annotations

@@ -23,6 +23,7 @@ import html
 import json
 import sys
 import traceback
+import weakref
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import asdict, dataclass, field
 
@@ -103,9 +104,14 @@ class CheckFailed(AssertionError):
         super().__init__(result.line())
 
     def _render_traceback_(self) -> list[str]:
-        # IPython calls this instead of printing the whole traceback: the box above the error
-        # already says what went wrong, and "show details" holds the traceback.
-        return [f"CheckFailed: {self.result.line()}"]
+        # IPython (kernel or terminal) calls this instead of printing the whole traceback. In a
+        # kernel the box displayed just above already holds the hint and, under "show details",
+        # the traceback, so one line is enough; elsewhere the line and the hint.
+        # nbgrader still sees an `error` output, so the cell counts as failed.
+        # nbgrader's Validate dialog shows only this error, so it still names the mistake.
+        if _SHOWN.get(id(self.result)) is self.result:
+            return [f"\x1b[0;31mCheckFailed\x1b[0m: {self.result.line().splitlines()[0]}"]
+        return [f"\x1b[0;31mCheckFailed\x1b[0m: {self.result.line()}"]
 
 
 def expect(condition: bool, message: str, hint: str = "") -> None:
@@ -210,31 +216,53 @@ def _in_kernel() -> bool:
     return shell is not None and getattr(shell, "kernel", None) is not None
 
 
+#: id(result) -> result, for the results whose box a kernel has displayed (so the error line
+#: under it can stay short). Weak values: nothing is kept alive by being shown.
+_SHOWN: weakref.WeakValueDictionary = weakref.WeakValueDictionary()
+
+_TITLES = {"not_attempted": "not attempted yet", "shortcut": "shortcut used", "error": "your code raised an error"}
+
+# The box keeps its own colours so it reads the same in light and dark themes.
+_BOX = ("border-left:4px solid {accent};background:{bg};color:#1f2328;padding:6px 10px;margin:2px 0;"
+        "border-radius:3px;font-family:system-ui,-apple-system,'Segoe UI',sans-serif;font-size:13px;"
+        "line-height:1.45")
+
+
 def _html(result: Result) -> str:
+    """The compact box a check cell shows: the exercise, what went wrong, the hint, and the
+    traceback folded under "show details". A pass is one short green line."""
     e = html.escape
+    ex = e(result.exercise)
     if result.passed:
         return (
-            '<div class="tantra-check tantra-pass" style="color:#1a7f37;font-family:sans-serif">'
-            f"✓ <b>{e(result.exercise)}</b> passed</div>"
+            f'<div class="tantra-check tantra-pass" data-exercise="{ex}" data-status="passed" '
+            'style="color:#1a7f37;font-family:system-ui,sans-serif;font-size:13px">'
+            f"✓ <b>{ex}</b> passed</div>"
         )
-    title = {"not_attempted": "not attempted yet", "shortcut": "shortcut used",
-             "error": "your code raised an error"}.get(result.status, "not right yet")
-    hint = f'<div style="margin-top:4px">💡 <b>Hint:</b> {e(result.hint)}</div>' if result.hint else ""
+    accent, bg = ("#9a6700", "#fff8c5") if result.status == "not_attempted" else ("#cf222e", "#ffebe9")
+    title = _TITLES.get(result.status, "not right yet")
+    message = (f'<div class="tantra-message" style="margin-top:3px"><b>What went wrong:</b> '
+               f"{e(result.message)}</div>") if result.message else ""
+    hint = (f'<div class="tantra-hint" style="margin-top:3px"><b>Hint:</b> {e(result.hint)}</div>'
+            if result.hint else "")
     details = (
-        '<details style="margin-top:4px"><summary>show details</summary>'
-        f'<pre style="font-size:11px;white-space:pre-wrap">{e(result.details)}</pre></details>'
+        '<details class="tantra-details" style="margin-top:4px"><summary style="cursor:pointer;color:#57606a">'
+        "show details</summary>"
+        '<pre style="font-size:11px;white-space:pre-wrap;background:#f6f8fa;color:#1f2328;padding:4px;'
+        f'margin:4px 0 0 0">{e(result.details)}</pre></details>'
         if result.details else ""
     )
     return (
-        '<div class="tantra-check tantra-fail" style="border-left:4px solid #cf222e;'
-        'background:#fff5f5;color:#24292f;padding:6px 10px;font-family:sans-serif">'
-        f"✗ <b>{e(result.exercise)}</b> — {e(title)}"
-        f'<div style="margin-top:4px">{e(result.message)}</div>{hint}{details}</div>'
+        f'<div class="tantra-check tantra-fail" data-exercise="{ex}" data-status="{e(result.status)}" '
+        f'style="{_BOX.format(accent=accent, bg=bg)}">'
+        f'<div class="tantra-title">✗ <b>{ex}</b> — {e(title)}</div>{message}{hint}{details}</div>'
     )
 
 
 def report(result: Result) -> None:
-    """Show the result: a rich bundle inside a Jupyter kernel, a line on stdout elsewhere."""
+    """Show the result: a rich bundle inside a Jupyter kernel (the box, a plain-text version and
+    the JSON that `tantra check` reads), a line on stdout elsewhere. A failure outside a kernel
+    is shown by the CheckFailed that follows (its message is the same line)."""
     if _in_kernel():
         from IPython.display import display
 
@@ -242,6 +270,7 @@ def report(result: Result) -> None:
             {"text/plain": result.line(), "text/html": _html(result), MIME_TYPE: result.to_json()},
             raw=True,
         )
+        _SHOWN[id(result)] = result
     elif result.passed:
         print(result.line())
 
@@ -262,7 +291,8 @@ def run_check(ex: Exercise, obj, hidden: bool = False, quiet: bool = False) -> R
     try:
         if obj is None:
             raise Mistake(f"`{ex.name}` is None.", f"Define `{ex.name}` in the exercise cell and run that cell first.")
-        with ShortcutGuard(ex.name, ex.forbids):
+        with ShortcutGuard(ex.name, ex.forbids) as guard:
+            guard.check_object(obj)  # `softmax = F.softmax` would otherwise be called from the check
             ex.fn(obj, hidden=hidden)
         result.passed, result.status = True, "passed"
     except ShortcutUsed as e:

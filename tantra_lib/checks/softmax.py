@@ -58,6 +58,7 @@ def _softmax_mistakes(x, dim):
     d = dim % x.ndim
     other = (d - 1) % x.ndim
     e = (x - x.amax()).exp()  # global max
+    shifted = (x - x.amax(dim=dim, keepdim=True)).exp()  # the right numerators
     out = [
         (F.softmax(x, dim=other), f"normalised along dim {other - x.ndim} instead of dim={dim}.",
          "Pass `dim` to every max/sum you take, and keep it with keepdim=True."),
@@ -65,6 +66,10 @@ def _softmax_mistakes(x, dim):
          "Sum along `dim` with keepdim=True so each row is divided by its own total."),
         (x.exp(), "the exponentials are not normalised (rows do not sum to 1).",
          "Divide exp(x - m) by its sum along `dim`."),
+        (shifted, "the exponentials are not normalised (rows do not sum to 1).",
+         "Divide exp(x - m) by its sum along `dim`."),
+        (shifted / shifted.sum(), "divided by the sum over the whole tensor, not along `dim`.",
+         "Sum along `dim` with keepdim=True so each row is divided by its own total."),
         (e / e.sum(dim=dim, keepdim=True),
          "subtracted the max of the whole tensor, not of each row: rows far below it underflow to 0/0.",
          "Take the max along `dim`: x.amax(dim=dim, keepdim=True)."),
@@ -170,8 +175,10 @@ def check_log_softmax(log_softmax, hidden=False):
         out = call(log_softmax, x, name="log_softmax", **kwargs)
         expected = F.log_softmax(x.double(), dim=dim).to(x.dtype)
         if isinstance(out, torch.Tensor) and out.shape == expected.shape and bool(torch.isfinite(expected).all()):
-            expect(not bool(torch.isnan(out).any()), f"log_softmax({label}) gives NaN: exp() overflowed.",
-                   "Subtract the max along `dim` before exp().")
+            all_inf_row = torch.isneginf(out).all(dim=dim)  # x - log(inf) = -inf everywhere
+            expect(not bool(torch.isnan(out).any() or torch.isposinf(out).any() or all_inf_row.any()),
+                   f"log_softmax({label}) gives NaN/inf: exp() overflowed (or a whole row underflowed to "
+                   "log 0).", "Subtract the max along `dim` before exp().")
             expect(not bool(torch.isinf(out).any()),
                    f"log_softmax({label}) gives -inf where the answer is finite: log(softmax(x)) "
                    "underflows when a probability rounds to 0.",

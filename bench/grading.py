@@ -1,0 +1,97 @@
+"""Grading throughput: plain serial `nbgrader autograde` vs `tantra autograde --jobs 2`.
+
+The same submissions of lesson 01 (half solved, half blank) are graded twice from scratch:
+
+* nbgrader: ``nbgrader autograde LESSON`` in a course folder holding the lesson's gradebook
+  (one process, students one after the other, nbgrader's own Execute);
+* tantra: ``tantra autograde LESSON --jobs 2`` (two worker processes, sandboxed kernels; it
+  also writes the CSV and one HTML feedback file per student, which nbgrader's run does not).
+
+Prints submissions/second for both, seconds per submission, and the ratio (target ≥ 1.8x
+on a 2-core machine). Both runs start from the same cached course build, so neither pays for
+generating the assignment.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+
+def _env() -> dict:
+    env = dict(os.environ)
+    env["PATH"] = str(Path(sys.executable).parent) + os.pathsep + env.get("PATH", "")
+    env.setdefault("MPLBACKEND", "Agg")
+    env.setdefault("TANTRA_QUICK", "1")
+    return env
+
+
+def _submissions(lesson: str, n: int, root: Path) -> None:
+    import nbformat
+    from nbgrader.preprocessors import ClearHiddenTests, ClearOutput
+
+    from tantra_lib.grading.course import lesson_course
+    from tantra_lib.lessons import SOLUTIONS
+
+    solved = nbformat.read(SOLUTIONS / lesson / f"{lesson}.ipynb", as_version=4)
+    solved, _ = ClearHiddenTests().preprocess(solved, {})
+    solved, _ = ClearOutput().preprocess(solved, {})
+    blank = nbformat.read(lesson_course(lesson) / "release" / lesson / f"{lesson}.ipynb", as_version=4)
+    for i in range(n):
+        folder = root / f"student{i:02d}" / lesson
+        folder.mkdir(parents=True)
+        nbformat.write(solved if i % 2 == 0 else blank, folder / f"{lesson}.ipynb")
+
+
+def run(quick: bool) -> list[str]:
+    from tantra_lib.grading.course import copy_course
+    from tantra_lib.lessons import lesson_names
+
+    lesson = "01_softmax" if "01_softmax" in lesson_names() else lesson_names()[0]
+    n = 4 if quick else 20
+    jobs = 2
+    lines = [f"  lesson {lesson}, {n} submissions (half solved, half blank), {os.cpu_count()} cores"]
+    with tempfile.TemporaryDirectory(prefix="tantra-bench-grading-") as tmp:
+        tmp = Path(tmp)
+        subs = tmp / "submitted"
+        _submissions(lesson, n, subs)
+
+        # plain nbgrader, serial
+        course = copy_course(lesson, tmp / "nbgrader-course")
+        shutil.copytree(subs, course / "submitted")
+        t0 = time.perf_counter()
+        proc = subprocess.run(
+            [sys.executable, "-m", "nbgrader", "autograde", lesson, f"--CourseDirectory.root={course}",
+             "--CourseDirectory.course_id=transformer-tantra", "--Execute.timeout=120", "--force",
+             "--log-level=ERROR"], cwd=course, env=_env(), capture_output=True, text=True)
+        t_nbgrader = time.perf_counter() - t0
+        graded = len(list((course / "autograded").glob(f"*/{lesson}/{lesson}.ipynb")))
+        if proc.returncode or graded != n:
+            raise RuntimeError(f"nbgrader autograde graded {graded}/{n}: {proc.stderr[-2000:]}")
+
+        # tantra autograde, parallel
+        t0 = time.perf_counter()
+        proc = subprocess.run(
+            [sys.executable, "-m", "tantra_lib", "autograde", lesson, "--submissions", str(subs), "--jobs", str(jobs),
+             "--out", str(tmp / "tantra-out"), "--no-progress"], env=_env(), capture_output=True, text=True)
+        t_tantra = time.perf_counter() - t0
+        if proc.returncode:
+            raise RuntimeError(f"tantra autograde failed: {proc.stdout[-1000:]} {proc.stderr[-2000:]}")
+
+    rate_nb, rate_ta = n / t_nbgrader, n / t_tantra
+    ratio = rate_ta / rate_nb
+    lines += [
+        f"  {'':<34}{'subs/s':>10}{'s/sub':>10}{'total s':>10}",
+        f"  {'nbgrader autograde (serial)':<34}{rate_nb:>10.3f}{t_nbgrader / n:>10.2f}{t_nbgrader:>10.1f}",
+        f"  {f'tantra autograde --jobs {jobs}':<34}{rate_ta:>10.3f}{t_tantra / n:>10.2f}{t_tantra:>10.1f}",
+        f"  ratio tantra / nbgrader = {ratio:.2f}x (target ≥ 1.8x on 2 cores: {'met' if ratio >= 1.8 else 'NOT met'})"
+        + (" — quick run, not meaningful" if quick else ""),
+        f"  per-notebook cost with {jobs} jobs: {t_tantra * jobs / n:.2f} s of worker time vs nbgrader's "
+        f"{t_nbgrader / n:.2f} s",
+    ]
+    return lines
