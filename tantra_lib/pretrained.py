@@ -41,6 +41,7 @@ from torch import nn
 
 from .block import TransformerBlock
 from .norm import LayerNorm
+from .positional import LearnedPositionalEmbedding
 from .shortcut_guard import reference
 
 __all__ = [
@@ -53,6 +54,7 @@ __all__ = [
     "minilm_model_dir",
     "read_safetensors",
     "map_bert_state_dict",
+    "load_state_dict_strict",
     "load_bert_layer",
     "mean_pool",
     "cosine_similarity_matrix",
@@ -60,9 +62,6 @@ __all__ = [
     "load_minilm",
     "shakespeare_lines",
 ]
-
-#: The files of a sentence-transformers model folder that this module reads.
-_FILES = ("config.json", "sentence_bert_config.json", "tokenizer.json", "model.safetensors")
 
 
 class CheckpointError(ValueError):
@@ -113,23 +112,25 @@ class BertConfig:
 
 
 class BertEmbeddings(nn.Module):
-    """LayerNorm(token + position + token-type embedding). ids (B, T) -> (B, T, d_model)."""
+    """LayerNorm(token + position + token-type embedding). ids (B, T) -> (B, T, d_model).
+
+    The positions are lesson 04's LearnedPositionalEmbedding (one trained vector per position)."""
 
     def __init__(self, cfg: BertConfig):
         super().__init__()
         self.tok = nn.Embedding(cfg.vocab_size, cfg.d_model)
-        self.pos = nn.Embedding(cfg.max_positions, cfg.d_model)
+        self.pos = LearnedPositionalEmbedding(cfg.max_positions, cfg.d_model)
         self.tok_type = nn.Embedding(cfg.type_vocab_size, cfg.d_model)
         self.ln = LayerNorm(cfg.d_model, eps=cfg.eps)
 
     def forward(self, input_ids: torch.Tensor, token_type_ids: torch.Tensor | None = None) -> torch.Tensor:
         t = input_ids.shape[-1]
-        if t > self.pos.num_embeddings:
-            raise ValueError(f"{t} tokens, but the model has only {self.pos.num_embeddings} positions")
-        positions = torch.arange(t, device=input_ids.device)  # (T,), the same for every row
+        if t > self.pos.n_positions:
+            raise ValueError(f"{t} tokens, but the model has only {self.pos.n_positions} positions")
         if token_type_ids is None:
             token_type_ids = torch.zeros_like(input_ids)
-        x = self.tok(input_ids) + self.pos(positions) + self.tok_type(token_type_ids)  # (B, T, d_model)
+        # positions 0..T-1, the same for every row: (T, d_model) broadcasts over the batch
+        x = self.tok(input_ids) + self.pos(t) + self.tok_type(token_type_ids)  # (B, T, d_model)
         return self.ln(x)
 
 
@@ -511,8 +512,8 @@ class SentenceEncoder:
 
     def tokenize(self, sentences: Sequence[str]) -> dict[str, torch.Tensor]:
         """-> {"input_ids", "attention_mask", "token_type_ids"}: long (B, T), padded on the right
-        with [PAD] to the longest row (mask 1 = token, 0 = padding)."""
-        encs = self.tokenizer.encode_batch(list(sentences))
+        with [PAD] to the longest row (mask 1 = token, 0 = padding). A single string counts as B = 1."""
+        encs = self.tokenizer.encode_batch([sentences] if isinstance(sentences, str) else list(sentences))
         return self._pad([e.ids for e in encs])
 
     def _pad(self, rows: list[list[int]]) -> dict[str, torch.Tensor]:

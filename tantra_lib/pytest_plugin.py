@@ -116,7 +116,10 @@ def strip_magics(source: str) -> str:
     out = []
     for ln in lines:
         s = ln.lstrip()
-        if s.startswith(("%", "!")) or re.match(r"^[A-Za-z_][\w.]*\s*=\s*[!%]", s):
+        timed = re.match(r"^%(time|timeit|prun)\s+(?!-)(.*)$", s)
+        if timed:  # `%time stmt` runs stmt
+            out.append(ln[: len(ln) - len(s)] + timed.group(2))
+        elif s.startswith(("%", "!")) or re.match(r"^[A-Za-z_][\w.]*\s*=\s*[!%]", s):
             indent = ln[: len(ln) - len(s)]
             out.append(indent + "pass  # IPython magic skipped by pytest --tantra")
         elif s.startswith("?") or (s.endswith("?") and not s.startswith("#") and re.match(r"^[\w.]+\?+$", s)):
@@ -138,6 +141,16 @@ class CellError:
 
     def where(self) -> str:
         return f"the exercise cell of `{self.grade_id}`" if self.grade_id else f"notebook cell {self.cell}"
+
+
+class _Discard(io.TextIOBase):
+    """Where a notebook cell's printed output goes (a cell printing 100 MB costs nothing)."""
+
+    def writable(self) -> bool:
+        return True
+
+    def write(self, text: str) -> int:
+        return len(text)
 
 
 def _summary(e: BaseException) -> str:
@@ -209,7 +222,7 @@ class NotebookRun:
             return
         # The cell's printed output is the notebook's business (it would show under the cell),
         # not the test report's: keep it apart, like a kernel does.
-        out = io.StringIO()
+        out = _Discard()
         try:
             with contextlib.redirect_stdout(out), contextlib.redirect_stderr(out):
                 exec(self.compile_cell(cell, source), self.namespace)
@@ -228,7 +241,7 @@ class NotebookRun:
 
     def run_check(self, name: str):
         """Run the visible part of exercise `name`'s check cell; return its tantra_lib Result."""
-        from tantra_lib.checks import CheckFailed, Result
+        from tantra_lib.checks import CheckFailed, Result, _core
 
         index = self.nb.exercises[name]
         self.run_until(index)
@@ -236,38 +249,51 @@ class NotebookRun:
         source = strip_magics(visible_source(cell.source))
         self.done = max(self.done, index + 1)
         lesson = self.nb.path.stem
-        with self.context():
-            try:
-                exec(self.compile_cell(cell, source), self.namespace)
-            except CheckFailed as e:
-                return e.result
-            except NameError as e:
-                missing = getattr(e, "name", None) or str(e)
-                broken = [err for err in self.errors if err.grade_id == missing]
-                if broken:
-                    message = f"`{missing}` is not defined: {broken[-1].where()} raised {broken[-1].summary}."
-                    hint = "Fix that error (the line is in the traceback: pytest -v), save, and run again."
-                else:
-                    message = f"the check of `{name}` cannot run: {e}."
-                    hint = (f"Define `{missing}` in the exercise cell above the check cell (keep its name and "
-                            "signature) and make sure that cell runs without an error.")
-                return Result(name, lesson, passed=False, status="error", message=message, hint=hint,
-                              details=_format_exc(e))
-            except KeyboardInterrupt:
-                raise
-            except BaseException as e:  # noqa: B036 — a broken check cell is a failed exercise, not a crash
-                return Result(name, lesson, passed=False, status="error",
-                              message=f"the check cell (cell {cell.index + 1}) raised "
-                                      f"{type(e).__name__}: {e}",
-                              hint="Check cells must stay as they were; restore it from the lesson.",
-                              details=_format_exc(e))
-        from tantra_lib.checks import lookup
+        where = f"cell {cell.index + 1}"
+        # The results the check cell reports: a check cell that no longer checks (edited to
+        # `pass`, say) must not count as passed. run_check reports through _core.report.
+        reported = []
+        original_report = _core.report
 
+        def recording_report(result):
+            reported.append(result)
+            original_report(result)
+
+        _core.report = recording_report
         try:
-            lesson = lookup(name).lesson
-        except KeyError:
-            pass
-        return Result(name, lesson, passed=True, status="passed")
+            with self.context():
+                exec(self.compile_cell(cell, source), self.namespace)
+        except CheckFailed as e:
+            return e.result
+        except NameError as e:
+            missing = getattr(e, "name", None) or str(e)
+            broken = [err for err in self.errors if err.grade_id == missing]
+            if broken:
+                message = f"`{missing}` is not defined: {broken[-1].where()} raised {broken[-1].summary}."
+                hint = "Fix that error (the line is in the traceback: pytest -v), save, and run again."
+            else:
+                message = f"the check of `{name}` cannot run: {e}."
+                hint = (f"Define `{missing}` in the exercise cell above the check cell (keep its name and "
+                        "signature) and make sure that cell runs without an error.")
+            return Result(name, lesson, passed=False, status="error", message=message, hint=hint,
+                          details=_format_exc(e))
+        except KeyboardInterrupt:
+            raise
+        except BaseException as e:  # noqa: B036 — a broken check cell is a failed exercise, not a crash
+            return Result(name, lesson, passed=False, status="error",
+                          message=f"the check cell of `{name}` ({where}) raised {_summary(e)}",
+                          hint="Check cells must stay as they are in the lesson; restore it from a fresh copy.",
+                          details=_format_exc(e))
+        finally:
+            _core.report = original_report
+        mine = [r for r in reported if r.exercise == name]
+        if not mine:
+            return Result(name, lesson, passed=False, status="not_run",
+                          message=f"the check cell of `{name}` ({where}) ran without checking `{name}` "
+                                  "(was it edited?).",
+                          hint=f"Restore the check cell from a fresh copy of the lesson: "
+                               f"`check_{name}({name})` under its import.")
+        return mine[-1]
 
 
 def _format_exc(e: BaseException) -> str:
@@ -327,6 +353,21 @@ class NotebookFile(pytest.File):
         self.notebook = nb
         for name in sorted(nb.exercises, key=nb.exercises.get):
             yield ExerciseItem.from_parent(self, name=name, exercise=name)
+        for name in self.missing_exercises(nb):
+            yield MissingExerciseItem.from_parent(self, name=name, exercise=name)
+
+    def missing_exercises(self, nb: NotebookExercises) -> list[str]:
+        """Exercises of the course's lesson of that name whose check cell this notebook lacks."""
+        from tantra_lib.lessons import LESSONS
+
+        lesson = LESSONS / self.path.stem / self.path.name
+        try:
+            if not lesson.is_file() or lesson.resolve() == self.path.resolve():
+                return []
+            course = read_exercises(lesson)
+        except (OSError, ValueError):
+            return []
+        return [name for name in sorted(course.exercises, key=course.exercises.get) if name not in nb.exercises]
 
     def notebook_run(self) -> NotebookRun:
         if self.run is None:
@@ -369,6 +410,20 @@ class ExerciseItem(pytest.Item):
         return ExerciseRepr(excinfo.value.result, excinfo.value.cell_errors, verbose, str(self.path))
 
 
+class MissingExerciseItem(ExerciseItem):
+    """An exercise of the lesson whose check cell is not in the notebook (deleted?)."""
+
+    def runtest(self):
+        from tantra_lib.checks import Result
+
+        self.result = Result(
+            self.exercise, self.path.stem, passed=False, status="missing",
+            message=f"the check cell `check_{self.exercise}` is missing from the notebook (deleted?), so "
+                    f"`{self.exercise}` cannot be checked.",
+            hint="Copy the check cell back from a fresh copy of the lesson notebook.")
+        raise ExerciseFailed(self.result, [])
+
+
 class ExerciseRepr(TerminalRepr):
     """What a failing exercise shows: a few lines, the traceback only when verbose.
 
@@ -386,8 +441,8 @@ class ExerciseRepr(TerminalRepr):
 
     def lines(self) -> list[tuple[str, dict]]:
         r = self.result
-        title = {"not_attempted": "not attempted yet", "shortcut": "shortcut used",
-                 "error": "error"}.get(r.status, "not right yet")
+        title = {"not_attempted": "not attempted yet", "shortcut": "shortcut used", "error": "error",
+                 "missing": "check cell missing", "not_run": "not checked"}.get(r.status, "not right yet")
         out = [(f"✗ {r.exercise} — {title}", {"red": True, "bold": True})]
         for ln in (r.message or "").splitlines():
             out.append((f"  {ln}", {}))

@@ -44,6 +44,11 @@ def scores_wrong_transpose(q, k):
     return q.transpose(-2, -1) @ k / math.sqrt(q.shape[-1])
 
 
+def scores_matrix_t(q, k):
+    kt = k.t() if k.ndim == 2 else k.permute(*range(k.ndim - 1, -1, -1))  # k.T: reverses every dim
+    return q @ kt / math.sqrt(q.shape[-1])
+
+
 def scores_cosine(q, k):
     return F.normalize(q, dim=-1) @ F.normalize(k, dim=-1).transpose(-2, -1)
 
@@ -79,6 +84,7 @@ def scores_prescaled(q, k):
     (scores_wrong_transpose, "transposed the wrong"),
     (scores_cosine, "cosine"),
     (scores_by_t, "number of keys"),
+    (scores_matrix_t, "fails on"),
 ])
 def test_attention_scores_rejects_mistake(device, impl, keyword):
     r = outcome(check_attention_scores, impl)

@@ -137,16 +137,16 @@ def test_inputs_are_not_modified(device):
         torch.testing.assert_close(t, c, rtol=0, atol=0)
 
 
-def test_bad_inputs_raise_clear_errors():
-    q, k, v = torch.zeros(2, 3, 4), torch.zeros(2, 5, 4), torch.zeros(2, 5, 6)
+def test_bad_inputs_raise_clear_errors(device):
+    q, k, v = (torch.zeros(*s, device=device) for s in ((2, 3, 4), (2, 5, 4), (2, 5, 6)))
     with pytest.raises(ValueError, match="d_k"):
-        attention_scores(q, torch.zeros(2, 5, 3))
+        attention_scores(q, torch.zeros(2, 5, 3, device=device))
     with pytest.raises(ValueError, match="d_k"):
-        scaled_dot_product_attention(q, torch.zeros(2, 5, 3), v)
+        scaled_dot_product_attention(q, torch.zeros(2, 5, 3, device=device), v)
     with pytest.raises(ValueError, match="same number of positions"):
-        scaled_dot_product_attention(q, k, torch.zeros(2, 4, 6))
-    with pytest.raises(TypeError, match="bool"):
-        scaled_dot_product_attention(q, k, v, torch.zeros(3, 5))  # an additive float mask is not accepted
+        scaled_dot_product_attention(q, k, torch.zeros(2, 4, 6, device=device))
+    with pytest.raises(TypeError, match="bool"):  # an additive float mask is not accepted
+        scaled_dot_product_attention(q, k, v, torch.zeros(3, 5, device=device))
 
 
 def test_gradcheck(device):

@@ -60,9 +60,9 @@ def test_split_heads_of_non_contiguous_input(device):
     assert torch.equal(merge_heads(split_heads(x, 4)), x)
 
 
-def test_split_heads_rejects_indivisible_d_model():
+def test_split_heads_rejects_indivisible_d_model(device):
     with pytest.raises(ValueError, match="divisible"):
-        split_heads(torch.zeros(2, 3, 10), 4)
+        split_heads(torch.zeros(2, 3, 10, device=device), 4)
 
 
 def test_split_merge_gradcheck(device):
@@ -169,14 +169,16 @@ def test_mha_paths_with_and_without_weights_agree(device, dtype):
     torch.testing.assert_close(ref[0, 1], ours.out_proj.bias, **TOL[dtype])
 
 
-def test_mha_bad_inputs():
+def test_mha_bad_inputs(device):
     with pytest.raises(ValueError, match="divisible"):
         MultiHeadAttention(10, 4)
-    mha = MultiHeadAttention(8, 2)
+    mha = MultiHeadAttention(8, 2).to(device)
     with pytest.raises(ValueError, match="d_model"):
-        mha(torch.zeros(2, 3, 6))
-    with pytest.raises(TypeError, match="bool"):
-        mha(torch.zeros(2, 3, 8), mask=torch.zeros(3, 3))
+        mha(torch.zeros(2, 3, 6, device=device))
+    x, float_mask = torch.zeros(2, 3, 8, device=device), torch.zeros(3, 3, device=device)
+    for return_weights in (False, True):
+        with pytest.raises(TypeError, match="bool"):
+            mha(x, mask=float_mask, return_weights=return_weights)
 
 
 def test_mha_gradcheck(device):

@@ -163,11 +163,11 @@ def test_rope_non_contiguous_and_low_precision(device):
         torch.testing.assert_close(out.float(), ref.float(), rtol=2e-2, atol=2e-2)
 
 
-def test_rope_errors():
+def test_rope_errors(device):
     with pytest.raises(ValueError, match="even"):
-        apply_rope(torch.zeros(3, 5))
+        apply_rope(torch.zeros(3, 5, device=device))
     with pytest.raises(ValueError, match="one position per token"):
-        apply_rope(torch.zeros(3, 4), torch.arange(4))
+        apply_rope(torch.zeros(3, 4, device=device), torch.arange(4, device=device))
 
 
 def test_rope_gradcheck(device):

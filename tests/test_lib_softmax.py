@@ -127,9 +127,10 @@ def test_masked_softmax_all_true_equals_softmax(device):
 
 
 @pytest.mark.parametrize("bad", [torch.ones(3, 5), torch.ones(3, 5, dtype=torch.long), [[True] * 5] * 3])
-def test_masked_softmax_rejects_non_bool_masks(bad):
+def test_masked_softmax_rejects_non_bool_masks(device, bad):
+    bad = bad.to(device) if isinstance(bad, torch.Tensor) else bad
     with pytest.raises(TypeError, match="bool"):
-        masked_softmax(torch.zeros(3, 5), bad)
+        masked_softmax(torch.zeros(3, 5, device=device), bad)
 
 
 def test_in_graph_and_inference_results_agree(device):
@@ -161,9 +162,10 @@ def test_gradcheck(device):
 
 
 @pytest.mark.parametrize("bad", [torch.arange(6).reshape(2, 3), torch.ones(2, 3, dtype=torch.bool), [[1.0, 2.0]]])
-def test_non_float_inputs_raise_type_error(bad):
+def test_non_float_inputs_raise_type_error(device, bad):
+    bad = bad.to(device) if isinstance(bad, torch.Tensor) else bad
     for fn in (softmax, log_softmax):
         with pytest.raises(TypeError, match="floating-point"):
             fn(bad)
     with pytest.raises(TypeError, match="floating-point"):
-        masked_softmax(bad, torch.ones(3, dtype=torch.bool))
+        masked_softmax(bad, torch.ones(3, dtype=torch.bool, device=device))

@@ -87,6 +87,16 @@ class Result:
     def to_json(self) -> dict:
         return asdict(self)
 
+    def _ipython_display_(self) -> None:
+        # A check cell ends with `check_x(x)`, whose value is this result: its box is already
+        # shown, so Jupyter must not echo `Result(...)` under it. Displayed anywhere else (a
+        # quiet check, say), a result shows its box.
+        if _SHOWN.get(id(self)) is self:
+            return
+        from IPython.display import display
+
+        display({"text/plain": self.line(), "text/html": _html(self)}, raw=True)
+
     def line(self) -> str:
         """One plain-text line (two with a hint)."""
         if self.passed:

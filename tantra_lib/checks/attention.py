@@ -95,7 +95,14 @@ def check_attention_scores(attention_scores, hidden=False):
             (_randn(2, 4, 8, seed=55, scale=1e3), _randn(2, 4, 8, seed=56, scale=1e3), "q, k of size ~1e3"),
         ]
     for q, k, label in cases:
-        out = call(attention_scores, q, k, name="attention_scores")
+        try:
+            out = call(attention_scores, q, k, name="attention_scores")
+        except RuntimeError as e:
+            if q.ndim > 2:  # the 2-d case before it worked: typically k.T / k.t() on a batched k
+                raise Mistake(f"attention_scores works on 2-d q, k but fails on {label}: {e}",
+                              "k.T / k.t() only transpose a matrix; for batched k use k.transpose(-2, -1) "
+                              "(swap the last two dims only).") from None
+            raise
         qd, kd = q.double(), k.double()
         expected = (torch.einsum("...qd,...kd->...qk", qd, kd) / math.sqrt(q.shape[-1])).to(q.dtype)
         tol = _tol(q.dtype)

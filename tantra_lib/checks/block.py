@@ -22,7 +22,6 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..device import get_device
-from ..shortcut_guard import ShortcutUsed
 from ._core import Mistake, call, compare, exercise, expect
 
 __all__ = ["check_TransformerBlock"]
@@ -248,6 +247,12 @@ def _mistakes(x, P, h, mask, norm_first):
 # ----------------------------------------------------------------------------- the check
 
 
+def _close(out, expected, tol) -> bool:
+    """Is the learner's output already right? (Then naming a mistake is pointless.)"""
+    return (isinstance(out, torch.Tensor) and out.shape == expected.shape and out.device == expected.device
+            and bool(torch.allclose(out.detach().double(), expected.double(), atol=tol, rtol=tol)))
+
+
 def _instantiate(cls, *args, **kwargs):
     with torch.random.fork_rng(devices=[]):  # keep the caller's global RNG where it was
         return cls(*args, **kwargs)
@@ -282,20 +287,18 @@ def _case(TransformerBlock, d_model, n_heads, d_ff, norm_first, x, mask_kind, se
             bool(torch.isnan(out).any()):
         raise Mistake(f"{what} gives NaN: is the mask inverted (True should mean *may attend*)?",
                       "mask=True keeps a key; fill the scores where ~mask with -inf.")
-    mistakes = _mistakes(x.double(), _params(ref), n_heads, mask, norm_first) if dtype == torch.float32 else ()
     tol = {torch.float32: 1e-4, torch.float64: 1e-6, torch.bfloat16: 1e-1}.get(dtype, 1e-2)
+    mistakes = ()
+    if dtype == torch.float32 and not _close(out, expected, tol):  # the variants cost more than the case
+        mistakes = _mistakes(x.double(), _params(ref), n_heads, mask, norm_first)
     compare(out, expected.to(dtype), what=what, hint=_HINT[norm_first], mistakes=mistakes, atol=tol, rtol=tol)
     return block
 
 
 @exercise("TransformerBlock", lesson="07_residual_block", forbids=FORBID_BLOCK)
 def check_TransformerBlock(TransformerBlock, hidden=False):
-    from ..block import TransformerBlock as Reference
-
     expect(isinstance(TransformerBlock, type) and issubclass(TransformerBlock, nn.Module),
            "`TransformerBlock` is not an nn.Module class.", "Define `class TransformerBlock(nn.Module):`.")
-    if issubclass(TransformerBlock, Reference):  # a bare subclass would slip past the guard
-        raise ShortcutUsed("TransformerBlock", "tantra_lib.TransformerBlock")
     cases = [  # (d_model, n_heads, d_ff, norm_first, x, mask, weight seed, label)
         (16, 4, 32, True, _randn(2, 5, 16, seed=1), None, 2, "x of shape (2, 5, 16)"),
         (16, 4, 32, False, _randn(2, 5, 16, seed=3), None, 4, "x of shape (2, 5, 16)"),

@@ -65,8 +65,12 @@ def read_notebook(path: Path):
     if not isinstance(data, dict) or "cells" not in data or "nbformat" not in data:
         raise NotebookError(f"{path} is JSON but not a Jupyter notebook (no 'cells'/'nbformat')")
     try:
-        nb = nbformat.reads(raw.decode("utf-8"), as_version=4)
-        nbformat.validate(nb)
+        import warnings
+
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # e.g. duplicated cell ids, which nbformat repairs
+            nb = nbformat.reads(raw.decode("utf-8"), as_version=4)
+            nbformat.validate(nb)
     except Exception as e:
         first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         raise NotebookError(f"{path} is not a valid notebook: {first}") from None
@@ -259,6 +263,7 @@ class Grader:
         from sqlalchemy.exc import SAWarning
 
         warnings.filterwarnings("ignore", category=SAWarning)  # nbgrader 0.9 with SQLAlchemy 2.x: harmless
+        warnings.filterwarnings("ignore", message="Non-unique cell id")  # nbformat repairs copied cells' ids
         lesson, shown = self.lesson, str(notebook)
         sub = self.root / "submitted" / student / lesson
         shutil.rmtree(sub, ignore_errors=True)

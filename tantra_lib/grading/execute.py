@@ -68,6 +68,7 @@ class SandboxExecute(Execute):
 
     # -- kernel --------------------------------------------------------------------------
     def create_kernel_manager(self):
+        self.kernel_name = "python3"  # the sandbox launcher is a Python kernel, whatever the notebook names
         km = super().create_kernel_manager()
         if isinstance(km, SandboxKernelManager):
             km.sandbox = self.sandbox
