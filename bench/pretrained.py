@@ -74,7 +74,8 @@ def run(quick: bool = False) -> list[str]:
         f"  {'encoder':<24}{'sentences/s':>12}{'time (s)':>10}",
         f"  {'tantra_lib':<24}{sps_ours:>12.1f}{t_ours:>10.2f}",
         f"  {'sentence-transformers':<24}{sps_ref:>12.1f}{t_ref:>10.2f}",
-        f"  ratio tantra_lib / sentence-transformers = {ratio:.2f} (target ≥ 0.9: {'met' if ratio >= 0.9 else 'NOT met'})",
+        f"  ratio tantra_lib / sentence-transformers = {ratio:.2f} "
+        f"(target ≥ 0.9: {'met' if ratio >= 0.9 else 'NOT met'})",
         f"  largest difference between the two embeddings: {diff:.1e}",
     ]
 

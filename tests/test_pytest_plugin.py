@@ -25,8 +25,16 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
-from grading_corpus import basic_submissions, class_submissions, correct, graded_class, graded_lessons, \
-    hostile_lesson, set_solution, text
+from grading_corpus import (
+    basic_submissions,
+    class_submissions,
+    correct,
+    graded_class,
+    graded_lessons,
+    hostile_lesson,
+    set_solution,
+    text,
+)
 
 from tantra_lib.lessons import LESSONS, REPO, lesson_names
 from tantra_lib.pytest_plugin import read_exercises, strip_magics, visible_source
