@@ -34,7 +34,7 @@ from .norm import LayerNorm
 from .positional import LearnedPositionalEmbedding
 from .shortcut_guard import reference
 
-__all__ = ["GPTConfig", "GPT", "PRESETS"]
+__all__ = ["GPTConfig", "GPT", "PRESETS", "sample_from_logits"]
 
 
 @dataclass
@@ -219,7 +219,6 @@ class GPT(nn.Module):
             return self(idx[:, -block:], caches=caches)[0][:, -1]
         return self(idx[:, pos:], caches=caches)[0][:, -1]
 
-    @torch.no_grad()
     def generate(
         self,
         idx: torch.Tensor,
@@ -254,16 +253,19 @@ class GPT(nn.Module):
         was_training = self.training
         self.eval()
         try:
-            caches = self.new_caches() if use_cache else None
-            for _ in range(max_new_tokens):
-                logits = self.next_token_logits(idx, caches)  # (B, vocab)
-                next_id = sample_from_logits(logits, temperature, top_k, generator)  # (B, 1)
-                idx = torch.cat([idx, next_id], dim=1)  # (B, T+1)
+            # inference_mode: like no_grad, minus autograd's bookkeeping (it matters at one token a step)
+            with torch.inference_mode():
+                caches = self.new_caches() if use_cache else None
+                for _ in range(max_new_tokens):
+                    logits = self.next_token_logits(idx, caches)  # (B, vocab)
+                    next_id = sample_from_logits(logits, temperature, top_k, generator)  # (B, 1)
+                    idx = torch.cat([idx, next_id], dim=1)  # (B, T+1)
         finally:
             self.train(was_training)
-        return idx
+        return idx.clone()  # a normal tensor again (usable as training data), not an inference tensor
 
 
+@reference("sample_from_logits")
 def sample_from_logits(
     logits: torch.Tensor,
     temperature: float = 1.0,

@@ -86,6 +86,7 @@ def configure_optimizer(
     return torch.optim.AdamW(groups, lr=lr, betas=betas)
 
 
+@reference("lr_at")
 def lr_at(step: int, steps: int, lr: float, warmup_steps: int, min_lr: float, progress: float | None = None) -> float:
     """The learning rate for optimisation step ``step`` (0-based) of ``steps``.
 
@@ -118,6 +119,7 @@ def _mean_loss(model: nn.Module, batches, device) -> float:
     return sum(losses) / len(losses)
 
 
+@reference("evaluate")
 def evaluate(
     model: GPT, ids, *, batch_size: int = 32, n_batches: int = 50, seed: int = 1234, device=None
 ) -> float:
@@ -251,6 +253,7 @@ def _record_eval(history, model, val_batches, device, step, tokens, train_time, 
     history["elapsed_s"].append(time.perf_counter() - start)
 
 
+@reference("plot_history")
 def plot_history(history: dict, ax=None):
     """Training loss (raw and smoothed) and validation loss against step; returns the Axes."""
     import matplotlib.pyplot as plt
@@ -281,6 +284,7 @@ _FORMAT = "tantra-gpt"
 _VERSION = 1
 
 
+@reference("save_checkpoint")
 def save_checkpoint(path, model: GPT, tokenizer: CharTokenizer, extra: dict | None = None) -> Path:
     """Write model (its config and weights) and tokenizer (its vocabulary) to ``path``.
 
@@ -311,6 +315,7 @@ def save_checkpoint(path, model: GPT, tokenizer: CharTokenizer, extra: dict | No
     return path
 
 
+@reference("load_checkpoint")
 def load_checkpoint(path, device=None) -> tuple[GPT, CharTokenizer]:
     """Read a checkpoint written by ``save_checkpoint`` -> (model in eval mode, tokenizer).
 
@@ -375,6 +380,7 @@ def load_checkpoint(path, device=None) -> tuple[GPT, CharTokenizer]:
 # the default recipe and the CLI
 
 
+@reference("train_shakespeare")
 def train_shakespeare(
     steps: int | None = None,
     device=None,

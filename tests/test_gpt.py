@@ -319,6 +319,8 @@ def test_generate_starts_fresh_caches_each_call(device):
     assert torch.equal(model.generate(a, 12, temperature=0), first)
     assert torch.equal(first, model.generate(a, 12, temperature=0, use_cache=False))
     assert model.training  # the mode is restored
+    _, loss = model(first[:, -9:-1], first[:, -8:])  # generated ids are ordinary tensors: trainable on
+    loss.backward()
 
 
 def test_sampling_rules(device):

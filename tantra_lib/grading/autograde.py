@@ -25,6 +25,7 @@ import logging
 import os
 import shutil
 import sqlite3
+import sys
 import tempfile
 import time
 from dataclasses import asdict, dataclass
@@ -447,7 +448,16 @@ def autograde_class(lesson: str, submissions: Path, out: Path, jobs: int | None 
     jobs = max(1, min(jobs or os.cpu_count() or 1, len(todo) or 1))
     out.mkdir(parents=True, exist_ok=True)
     work = Path(tempfile.mkdtemp(prefix=".tantra-workers-", dir=out))
-    ctx = mp.get_context("spawn")
+    # fork (on Linux) gives workers that are ready at once: nbgrader, torch and this package are
+    # imported here; only done while this process has no other thread (as in the `tantra` command)
+    import threading
+
+    import nbgrader.converters  # noqa: F401
+
+    from . import execute  # noqa: F401
+
+    fork = sys.platform.startswith("linux") and threading.active_count() == 1
+    ctx = mp.get_context("fork" if fork else "spawn")
     tasks, results_q = ctx.Queue(), ctx.Queue()
     for student, path in todo.items():
         tasks.put((student, str(path)))
