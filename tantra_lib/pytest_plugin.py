@@ -6,9 +6,10 @@ suite is not affected). For every exercise of a notebook (an nbgrader grade cell
 grade_id is ``check_<name>``) it collects one item, ``01_softmax.ipynb::softmax``.
 
 Running an item executes the learner's code the way a notebook would, in a fresh namespace
-shared by the notebook's items: every code cell except the check cells, in order, up to that
-exercise's check cell, tolerating cells that raise (like ``allow_errors``), with matplotlib on
-the Agg backend and IPython magics skipped. Then it runs the visible part of that exercise's
+shared by the notebook's items: in order, up to that exercise's check cell, the code cells the
+exercises need (the exercise cells and every cell that defines a name they use, transitively:
+imports, set-up, helpers; not the demos and figures), tolerating cells that raise (like
+``allow_errors``), with matplotlib on the Agg backend and IPython magics skipped. Then it runs the visible part of that exercise's
 check cell in the namespace: the same ``tantra_lib.checks`` function the notebook and
 ``tantra check`` call, with its shortcut guard. So the verdict and the hint are the same in
 all three places.
@@ -20,6 +21,7 @@ NotImplementedError()`` is reported as "not attempted yet" (it still counts as n
 
 from __future__ import annotations
 
+import ast
 import builtins
 import contextlib
 import io
@@ -129,6 +131,65 @@ def strip_magics(source: str) -> str:
     return "\n".join(out) + ("\n" if source.endswith("\n") else "")
 
 
+# ----------------------------------------------------------------------------- which cells to run
+
+
+def _names(source: str) -> tuple[set[str], set[str]] | None:
+    """(global names a cell binds, names it reads), or None when that cannot be told (a syntax
+    error, ``from x import *``, ``global``/``exec`` games): such a cell always runs."""
+    try:
+        tree = ast.parse(source)
+    except SyntaxError:
+        return None
+    bound: set[str] = set()
+    read: set[str] = set()
+
+    def visit(node, top: bool) -> bool:
+        if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)):
+            if top:
+                bound.add(node.name)
+            top = False  # names bound inside a body are local to it
+        elif isinstance(node, (ast.Import, ast.ImportFrom)):
+            for alias in node.names:
+                if alias.name == "*":
+                    return False
+                if top:
+                    bound.add(alias.asname or alias.name.split(".")[0])
+        elif isinstance(node, (ast.Lambda, ast.ListComp, ast.SetComp, ast.DictComp, ast.GeneratorExp)):
+            top = False
+        elif isinstance(node, ast.Global):
+            return False
+        elif isinstance(node, ast.Name):
+            if isinstance(node.ctx, ast.Load):
+                read.add(node.id)
+                if node.id in ("exec", "eval", "globals", "get_ipython"):
+                    return False
+            elif top:
+                bound.add(node.id)
+        return all(visit(child, top) for child in ast.iter_child_nodes(node))
+
+    return (bound, read) if visit(tree, True) else None
+
+
+def needed_cells(cells: list[Cell]) -> set[int]:
+    """Indices (into `cells`) of the cells the exercises need: the exercise (solution) cells,
+    the check cells, and every cell that binds a name one of those reads, transitively — the
+    set-up cell's imports, a helper the learner wrote, an earlier exercise. Demos, figures and
+    training runs that nothing needed reads are left out (they are what makes notebooks slow).
+    """
+    info = [_names(strip_magics(visible_source(c.source) if c.is_test else c.source)) for c in cells]
+    needed = {i for i, c in enumerate(cells) if c.is_test or c.grade_id or info[i] is None}
+    wanted: set[str] = set()
+    while True:
+        for i in needed:
+            if info[i] is not None:
+                wanted |= info[i][1]
+        more = {i for i, names in enumerate(info) if i not in needed and names is not None and names[0] & wanted}
+        if not more:
+            return needed
+        needed |= more
+
+
 # ----------------------------------------------------------------------------- running notebooks
 
 
@@ -168,6 +229,7 @@ class NotebookRun:
         self.done = 0  # cells[:done] have been executed (or skipped)
         self.errors: list[CellError] = []
         self.seconds = 0.0
+        self.needed = needed_cells(nb.cells)
 
     def filename(self, cell: Cell) -> str:
         return f"<{self.nb.path.name} cell {cell.index + 1}>"
@@ -211,8 +273,8 @@ class NotebookRun:
             while self.done < stop:
                 cell = self.nb.cells[self.done]
                 self.done += 1
-                if cell.is_test:
-                    continue  # check cells run only as the items of their exercises
+                if cell.is_test or (self.done - 1) not in self.needed:
+                    continue  # check cells run only as their exercises' items; demos are not needed
                 self._exec(cell, strip_magics(cell.source))
             self._close_figures()
         self.seconds += time.perf_counter() - start

@@ -312,25 +312,25 @@ def workdir() -> Path:
 
 
 def graded_lessons() -> dict[str, tuple[list[Submission], dict[str, dict]]]:
-    """Every lesson but the hostile one: its basic submissions graded by autograde (jobs=2).
+    """Every lesson but the hostile one: its basic submissions graded by autograde (one pool, 2 jobs).
 
     lesson -> (submissions, {student: result})."""
     if "lessons" not in _CACHE:
-        from tantra_lib.grading.autograde import autograde_class
+        from tantra_lib.grading.autograde import autograde_many
         from tantra_lib.grading.sandbox import Limits
 
-        out = {}
+        classes, subs_of = [], {}
         for lesson in lesson_names():
             if lesson == hostile_lesson():
                 continue
             root = workdir() / "lessons" / lesson
-            subs = basic_submissions(lesson)
-            for s in subs:
+            subs_of[lesson] = basic_submissions(lesson)
+            for s in subs_of[lesson]:
                 s.write(root / "submitted")
-            _, results = autograde_class(lesson, root / "submitted", root / "out", jobs=2,
-                                         limits=Limits(cell_timeout=300), progress=False)
-            out[lesson] = (subs, {r["student"]: r for r in results})
-        _CACHE["lessons"] = out
+            classes.append((lesson, root / "submitted", root / "out"))
+        graded = autograde_many(classes, jobs=2, limits=Limits(cell_timeout=300), progress=False) if classes else {}
+        _CACHE["lessons"] = {lesson: (subs_of[lesson], {r["student"]: r for r in graded[lesson][1]})
+                             for lesson in subs_of}
     return _CACHE["lessons"]  # type: ignore[return-value]
 
 

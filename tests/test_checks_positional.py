@@ -65,6 +65,10 @@ def pe_column_freq(n_positions, d_model):
     return torch.where(j % 2 == 0, a.sin(), a.cos())
 
 
+def pe_float64(n_positions, d_model):
+    return pe_loops(n_positions, d_model).double()
+
+
 def pe_shortcut(n_positions, d_model):
     return sinusoidal_positional_encoding(n_positions, d_model)
 
@@ -98,6 +102,7 @@ def pe_exp_log(n_positions, d_model):
     (pe_count_not_vector, "number of positions instead of a position vector"),
     (pe_from_one, "start at 1"),
     (pe_column_freq, "own frequency"),
+    (pe_float64, "expected float32"),
 ])
 def test_sinusoidal_rejects_mistake(device, impl, keyword):
     r = outcome(check_sinusoidal_positional_encoding, impl)

@@ -76,6 +76,9 @@ def check_sinusoidal_positional_encoding(sinusoidal_positional_encoding, hidden=
         expected = _pe_table(torch.arange(n, dtype=torch.float64), d)
         if isinstance(out, torch.Tensor):
             expected = expected.to(out.device)  # the table may live on any device
+            expect(not out.is_floating_point() or out.dtype == torch.float32 or out.shape != expected.shape,
+                   f"sinusoidal_positional_encoding({n}, {d}) has dtype {out.dtype}; expected float32.",
+                   "Compute in float64 if you like, but return table.float() (float32, PyTorch's default).")
         compare(out, expected.float(), what=f"sinusoidal_positional_encoding({n}, {d})", hint=_PE_HINT,
                 mistakes=_pe_mistakes(n, d), atol=2e-4 if n > 100 else 1e-5, rtol=1e-5)
 

@@ -35,7 +35,8 @@ from .course import COURSE_ID, copy_course, grade_cells, nbgrader_config
 from .execute import SANDBOX_ERRORS, cell_label
 from .sandbox import Limits
 
-__all__ = ["Grader", "Summary", "autograde_class", "read_notebook", "NotebookError", "exercise_results"]
+__all__ = ["Grader", "Summary", "autograde_class", "autograde_many", "read_notebook", "NotebookError",
+           "exercise_results"]
 
 GRADED, FAILED = "graded", "failed to run"
 
@@ -231,6 +232,7 @@ class Grader:
         cfg.SandboxExecute.notebook_timeout = lim.notebook_timeout
         cfg.SandboxExecute.memory_mb = lim.memory_mb
         cfg.SandboxExecute.max_output_bytes = lim.max_output_bytes
+        cfg.SandboxExecute.hidden_paths = [str(self.root.resolve())]  # gradebook with the hidden tests
         cfg.Autograde.create_student = True
         return cfg
 
@@ -376,24 +378,23 @@ def find_submissions(lesson: str, submissions: Path) -> dict[str, Path]:
     return found
 
 
-def _worker(lesson: str, root: str, limits: Limits, tasks, results) -> None:
-    """A worker process: one Grader, students pulled from `tasks` until a None arrives."""
+def _worker(root: str, limits: Limits, tasks, results) -> None:
+    """A worker process: pulls (lesson, student, path) from `tasks` until a None arrives, grading
+    each with its own Grader per lesson (a private course copy under `root`)."""
     import signal
 
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent handles Ctrl-C
-    try:
-        grader = Grader(lesson, Path(root), limits)
-    except Exception as e:  # noqa: BLE001  (reported to the parent, which fails the students)
-        results.put(("broken", root, f"{type(e).__name__}: {e}"))
-        return
+    graders: dict[str, Grader] = {}
     while True:
         item = tasks.get()
         if item is None:
             break
-        student, path = item
-        results.put(("start", root, student))
+        lesson, student, path = item
+        results.put(("start", root, (lesson, student)))
         try:
-            result = grader.grade(student, Path(path), feedback=True)
+            if lesson not in graders:
+                graders[lesson] = Grader(lesson, Path(root) / lesson, limits)
+            result = graders[lesson].grade(student, Path(path), feedback=True)
         except Exception as e:  # noqa: BLE001  (one bad submission never stops the others)
             result = failed_result(path, lesson, student, f"grader error: {type(e).__name__}: {e}")
         results.put(("done", root, result))
@@ -437,36 +438,47 @@ def write_csv(path: Path, lesson: str, results: list[dict]) -> None:
 def autograde_class(lesson: str, submissions: Path, out: Path, jobs: int | None = None,
                     limits: Limits | None = None, progress: bool = True) -> tuple[Summary, list[dict]]:
     """Grade every student of `submissions` (nbgrader layout) in `jobs` worker processes."""
-    import multiprocessing as mp
+    return autograde_many([(lesson, submissions, out)], jobs, limits, progress)[lesson]
 
+
+def autograde_many(classes: list[tuple[str, Path, Path]], jobs: int | None = None, limits: Limits | None = None,
+                   progress: bool = True) -> dict[str, tuple[Summary, list[dict]]]:
+    """Grade several classes [(lesson, submissions, out)] in one pool of `jobs` workers.
+
+    Returns lesson -> (summary, results sorted by student); writes each class's gradebook,
+    CSV, results.json, feedback/ and autograded/ under its `out`."""
+    import multiprocessing as mp
+    import queue as queue_mod
+    import threading
+
+    import nbgrader.converters  # noqa: F401  (imported before forking, so workers start ready)
+
+    from . import execute  # noqa: F401
     from .course import lesson_course
 
     t0 = time.perf_counter()
     limits = limits or Limits()
-    course = lesson_course(lesson)  # build (or find) it once, before the workers copy it
-    todo = find_submissions(lesson, submissions)
+    todo: dict[tuple[str, str], Path] = {}
+    for lesson, submissions, out in classes:
+        lesson_course(lesson)  # build (or find) it once, before the workers copy it
+        out.mkdir(parents=True, exist_ok=True)
+        for student, path in find_submissions(lesson, submissions).items():
+            todo[(lesson, student)] = path
     jobs = max(1, min(jobs or os.cpu_count() or 1, len(todo) or 1))
-    out.mkdir(parents=True, exist_ok=True)
-    work = Path(tempfile.mkdtemp(prefix=".tantra-workers-", dir=out))
-    # fork (on Linux) gives workers that are ready at once: nbgrader, torch and this package are
-    # imported here; only done while this process has no other thread (as in the `tantra` command)
-    import threading
-
-    import nbgrader.converters  # noqa: F401
-
-    from . import execute  # noqa: F401
-
+    work = Path(tempfile.mkdtemp(prefix=".tantra-workers-", dir=classes[0][2]))
+    # fork (on Linux) gives workers that are ready at once; only while this process has no other
+    # thread (as in the `tantra` command), since forking a threaded process is unsafe
     fork = sys.platform.startswith("linux") and threading.active_count() == 1
     ctx = mp.get_context("fork" if fork else "spawn")
     tasks, results_q = ctx.Queue(), ctx.Queue()
-    for student, path in todo.items():
-        tasks.put((student, str(path)))
+    for (lesson, student), path in todo.items():
+        tasks.put((lesson, student, str(path)))
 
     procs: dict[str, object] = {}
 
     def start_worker() -> None:
         root = str(work / f"worker-{len(procs)}")
-        p = ctx.Process(target=_worker, args=(lesson, root, limits, tasks, results_q), daemon=True)
+        p = ctx.Process(target=_worker, args=(root, limits, tasks, results_q), daemon=True)
         p.start()
         procs[root] = p
 
@@ -479,12 +491,11 @@ def autograde_class(lesson: str, submissions: Path, out: Path, jobs: int | None 
     if progress:
         from tqdm import tqdm
 
-        bar = tqdm(total=len(todo), desc=f"grading {lesson}", unit="nb", dynamic_ncols=True)
-    results: dict[str, dict] = {}
-    in_flight: dict[str, str] = {}
+        label = classes[0][0] if len(classes) == 1 else f"{len(classes)} lessons"
+        bar = tqdm(total=len(todo), desc=f"grading {label}", unit="nb", dynamic_ncols=True)
+    results: dict[tuple[str, str], dict] = {}
+    in_flight: dict[str, tuple[str, str]] = {}
     exited: set[str] = set()
-    import queue as queue_mod
-
     try:
         while len(exited) < len(procs):
             try:
@@ -493,10 +504,10 @@ def autograde_class(lesson: str, submissions: Path, out: Path, jobs: int | None 
                 for root, p in list(procs.items()):
                     if root not in exited and not p.is_alive():  # a worker died: fail its student, replace it
                         exited.add(root)
-                        student = in_flight.pop(root, None)
-                        if student is not None and student not in results:
-                            results[student] = failed_result(str(todo[student]), lesson, student,
-                                                             "the grading worker crashed on this submission")
+                        key = in_flight.pop(root, None)
+                        if key is not None and key not in results:
+                            results[key] = failed_result(str(todo[key]), key[0], key[1],
+                                                         "the grading worker crashed on this submission")
                             if bar:
                                 bar.update(1)
                         if len(results) < len(todo):
@@ -507,15 +518,12 @@ def autograde_class(lesson: str, submissions: Path, out: Path, jobs: int | None 
                 in_flight[root] = payload
             elif kind == "done":
                 in_flight.pop(root, None)
-                results[payload["student"]] = payload
+                results[(payload["lesson"], payload["student"])] = payload
                 if bar:
                     bar.update(1)
                     bar.set_postfix_str(f"{payload['student']}: {payload['score']:g}/{payload['max_score']:g}")
             elif kind == "exit":
                 exited.add(root)
-            elif kind == "broken":
-                exited.add(root)
-                raise RuntimeError(f"a grading worker could not start: {payload}")
     finally:
         if bar:
             bar.close()
@@ -524,34 +532,41 @@ def autograde_class(lesson: str, submissions: Path, out: Path, jobs: int | None 
             if p.is_alive():
                 p.kill()
 
-    for student, path in todo.items():  # anything a dead worker never started
-        results.setdefault(student, failed_result(str(path), lesson, student, "not graded (worker stopped)"))
+    for (lesson, student), path in todo.items():  # anything a dead worker never started
+        results.setdefault((lesson, student), failed_result(str(path), lesson, student, "not graded (worker stopped)"))
 
-    # merge: one gradebook, feedback and autograded notebooks in nbgrader's layout under `out`
+    done = {}
+    for lesson, _, out in classes:
+        done[lesson] = _write_class(lesson, out, [results[k] for k in sorted(results) if k[0] == lesson],
+                                    [Path(r) / lesson for r in procs], time.perf_counter() - t0)
+    shutil.rmtree(work, ignore_errors=True)
+    return done
+
+
+def _write_class(lesson: str, out: Path, ordered: list[dict], roots: list[Path], seconds: float):
+    """Merge the workers' gradebooks and files of one class into `out`; CSV, results.json, summary."""
+    from .course import lesson_course
+
     target = out / "gradebook.db"
-    shutil.copyfile(course / "gradebook.db", target)
-    merge_gradebooks(target, [Path(r) / "gradebook.db" for r in procs if (Path(r) / "gradebook.db").exists()])
-    for root in procs:
+    shutil.copyfile(lesson_course(lesson) / "gradebook.db", target)
+    merge_gradebooks(target, [r / "gradebook.db" for r in roots if (r / "gradebook.db").exists()])
+    for root in roots:
         for sub in ("autograded", "feedback"):
-            src = Path(root) / sub
-            if src.exists():
-                shutil.copytree(src, out / sub, dirs_exist_ok=True)
-    ordered = [results[s] for s in sorted(results)]
+            if (root / sub).exists():
+                shutil.copytree(root / sub, out / sub, dirs_exist_ok=True)
     for r in ordered:
         fb = out / "feedback" / r["student"] / lesson / f"{lesson}.html"
         if not fb.exists():
             write_failure_feedback(fb, r)
     write_csv(out / "grades.csv", lesson, ordered)
     (out / "results.json").write_text(json.dumps(ordered, indent=1) + "\n", encoding="utf-8")
-    shutil.rmtree(work, ignore_errors=True)
-
     scores = [r["score"] for r in ordered]
     summary = Summary(
         lesson=lesson, students=len(ordered), graded=sum(r["status"] == GRADED for r in ordered),
         failed=[r["student"] for r in ordered if r["status"] != GRADED],
         mean_score=sum(scores) / len(scores) if scores else 0.0,
         max_score=ordered[0]["max_score"] if ordered else 0.0,
-        seconds=time.perf_counter() - t0, out=str(out),
+        seconds=seconds, out=str(out),
         crashed_or_timed_out=[r["student"] for r in ordered
                               if any(e["status"] in ("timeout", "crashed") for e in r["exercises"])],
     )

@@ -26,9 +26,9 @@ import time
 from nbclient.exceptions import CellTimeoutError, DeadKernelError
 from nbformat import NotebookNode
 from nbgrader.preprocessors import Execute
-from traitlets import Float, Instance, Integer
+from traitlets import Float, Instance, Integer, List, Unicode
 
-from .sandbox import Limits, Sandbox, SandboxKernelManager
+from .sandbox import Limits, Sandbox, SandboxKernelManager, default_hidden
 
 __all__ = ["SandboxExecute", "SANDBOX_ERRORS", "execute_notebook", "cell_label"]
 
@@ -57,6 +57,8 @@ class SandboxExecute(Execute):
     memory_mb = Integer(None, allow_none=True,
                         help="address-space limit of the kernel in MiB (None: the default, 0: none)").tag(config=True)
     max_output_bytes = Integer(200_000, help="output text kept per cell").tag(config=True)
+    hidden_paths = List(Unicode(), help="more folders the kernel may not read (e.g. the grader's course copy, "
+                                        "which holds the hidden tests)").tag(config=True)
     sandbox = Instance(Sandbox, allow_none=True)
 
     def __init__(self, **kw):
@@ -82,7 +84,7 @@ class SandboxExecute(Execute):
     def preprocess(self, nb: NotebookNode, resources=None, km=None):
         resources = resources if resources is not None else {}
         name = (resources.get("metadata") or {}).get("name") or "notebook"
-        with Sandbox(limits=self._limits()) as box:
+        with Sandbox(limits=self._limits(), hidden=default_hidden() + list(self.hidden_paths)) as box:
             import nbformat
 
             box.put(f"{name}.ipynb", nbformat.writes(nb))
