@@ -44,7 +44,8 @@ class FeedForward(nn.Module):
         self.dropout = nn.Dropout(dropout)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.fc_out(self.dropout(gelu(self.fc_in(x))))  # (..., d_ff) in between
+        # gelu() above is the formula; F.gelu is the same exact (erf) GELU as one fused op.
+        return self.fc_out(self.dropout(F.gelu(self.fc_in(x))))  # (..., d_ff) in between
 
 
 @reference("SwiGLU")

@@ -12,6 +12,7 @@ tests/test_lib_norm.py.
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from .shortcut_guard import reference
@@ -68,7 +69,9 @@ class LayerNorm(nn.Module):
         self.bias = nn.Parameter(torch.zeros(d_model)) if bias else None
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return layer_norm(x, self.weight, self.bias, self.eps)
+        # layer_norm() above is the formula; the module runs it as PyTorch's fused kernel (one op
+        # instead of ~10, a large share of a small GPT's step on a CPU). Tests keep the two equal.
+        return F.layer_norm(x, self.weight.shape, self.weight, self.bias, self.eps)
 
     def extra_repr(self) -> str:
         return f"{self.weight.shape[0]}, eps={self.eps}, bias={self.bias is not None}"

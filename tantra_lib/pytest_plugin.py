@@ -9,10 +9,10 @@ Running an item executes the learner's code the way a notebook would, in a fresh
 shared by the notebook's items: in order, up to that exercise's check cell, the code cells the
 exercises need (the exercise cells and every cell that defines a name they use, transitively:
 imports, set-up, helpers; not the demos and figures), tolerating cells that raise (like
-``allow_errors``), with matplotlib on the Agg backend and IPython magics skipped. Then it runs the visible part of that exercise's
-check cell in the namespace: the same ``tantra_lib.checks`` function the notebook and
-``tantra check`` call, with its shortcut guard. So the verdict and the hint are the same in
-all three places.
+``allow_errors``), with matplotlib on the Agg backend and IPython magics skipped. Then it runs
+the visible part of that exercise's check cell in the namespace: the same ``tantra_lib.checks``
+function the notebook and ``tantra check`` call, with its shortcut guard. So the verdict and
+the hint are the same in all three places.
 
 A failing item shows the check's message (the named mistake and the hint) in a few lines; the
 traceback only with ``-v`` or ``--tb=long``. An exercise still at ``raise
@@ -29,6 +29,7 @@ import json
 import linecache
 import os
 import re
+import symtable
 import sys
 import time
 import traceback
@@ -135,40 +136,30 @@ def strip_magics(source: str) -> str:
 
 
 def _names(source: str) -> tuple[set[str], set[str]] | None:
-    """(global names a cell binds, names it reads), or None when that cannot be told (a syntax
-    error, ``from x import *``, ``global``/``exec`` games): such a cell always runs."""
+    """(global names a cell binds, global names it reads, also from inside its functions), or
+    None when that cannot be told (a syntax error, ``from x import *``, ``exec``/``globals()``):
+    such a cell always runs."""
     try:
+        table = symtable.symtable(source, "<cell>", "exec")
         tree = ast.parse(source)
     except SyntaxError:
         return None
-    bound: set[str] = set()
+    if any(isinstance(n, ast.ImportFrom) and any(a.name == "*" for a in n.names) for n in ast.walk(tree)):
+        return None
+    bound = {s.get_name() for s in table.get_symbols() if s.is_assigned() or s.is_imported()}
     read: set[str] = set()
 
-    def visit(node, top: bool) -> bool:
-        if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)):
-            if top:
-                bound.add(node.name)
-            top = False  # names bound inside a body are local to it
-        elif isinstance(node, (ast.Import, ast.ImportFrom)):
-            for alias in node.names:
-                if alias.name == "*":
-                    return False
-                if top:
-                    bound.add(alias.asname or alias.name.split(".")[0])
-        elif isinstance(node, (ast.Lambda, ast.ListComp, ast.SetComp, ast.DictComp, ast.GeneratorExp)):
-            top = False
-        elif isinstance(node, ast.Global):
-            return False
-        elif isinstance(node, ast.Name):
-            if isinstance(node.ctx, ast.Load):
-                read.add(node.id)
-                if node.id in ("exec", "eval", "globals", "get_ipython"):
-                    return False
-            elif top:
-                bound.add(node.id)
-        return all(visit(child, top) for child in ast.iter_child_nodes(node))
+    def reads(t, module: bool) -> None:
+        for sym in t.get_symbols():
+            if sym.is_referenced() and (module or sym.is_global()):
+                read.add(sym.get_name())
+        for child in t.get_children():
+            reads(child, False)
 
-    return (bound, read) if visit(tree, True) else None
+    reads(table, True)
+    if read & {"exec", "eval", "globals", "get_ipython"}:
+        return None
+    return bound, read
 
 
 def needed_cells(cells: list[Cell]) -> set[int]:
@@ -463,7 +454,7 @@ class ExerciseItem(pytest.Item):
             raise ExerciseFailed(self.result, list(run.errors))
 
     def reportinfo(self):
-        return self.path, None, f"{self.path.name}::{self.exercise}"
+        return self.path, None, self.exercise  # (no dots: pytest turns them into "::" in -v lines)
 
     def repr_failure(self, excinfo, style=None):
         if not isinstance(excinfo.value, ExerciseFailed):

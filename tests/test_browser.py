@@ -214,6 +214,8 @@ def test_lab_shows_hint_then_pass_line(lab, page, tmp_path):
     passed = page.locator(".tantra-check.tantra-pass[data-exercise='softmax']")
     expect(passed).to_have_text("✓ softmax passed", timeout=TIMEOUT_MS)
     assert page.locator(".tantra-check.tantra-fail[data-exercise='softmax']").count() == 0
+    # one short line and nothing else (no echoed `Result(...)`)
+    expect(page.locator(".jp-CodeCell").filter(has=passed).locator(".jp-OutputArea-output")).to_have_count(1)
     _shot(page, passed, tmp_path / "2-right-softmax.png")
 
     # 3) nbgrader's Validate button (saves, then validates the copy): softmax passes, the others do not yet
