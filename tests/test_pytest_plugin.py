@@ -198,6 +198,7 @@ def test_agrees_with_tantra_check(corpus, plugin_run):
     assert not problems, "\n".join(problems)
 
 
+@pytest.mark.slow  # alone it grades the corpus; in `make test` the grading tests have done it already
 def test_agrees_with_graded_check_cells(corpus, plugin_run):
     """Same pass/fail as the notebooks' own check cells executed and graded by nbgrader (the
     corpus' graded results, shared with tests/test_grading.py and tests/test_notebooks.py).
