@@ -19,7 +19,7 @@ $(STAMP): pyproject.toml
 	@touch $(STAMP)
 
 lab: setup
-	$(RUN) $(BIN)/python -m tantra_lib.lab
+	$(RUN) $(BIN)/python -m tantra_lib.lab $(LAB_ARGS)
 
 # The whole suite (CI runs this). TANTRA_QUICK=1 shortens training cells.
 test: setup

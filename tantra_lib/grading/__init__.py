@@ -1,11 +1,15 @@
 """Grading learner notebooks: the machinery behind `tantra check`, `tantra grade` and `tantra autograde`.
 
-* ``sandbox``   — the kernel learner code runs in (own folder, scrubbed environment, limits);
-* ``execute``   — nbgrader's Execute preprocessor with time, output and dead-kernel handling;
-* ``course``    — a cached nbgrader course per lesson, generated from ``solutions/`` (hidden tests);
-* ``results``   — per-exercise results (score, max, feedback) from an executed notebook;
-* ``autograde`` — grading one notebook or a whole class, in parallel workers;
-* ``cli``       — the three commands.
+* ``sandbox``   — the kernel learner code runs in (own folder, scrubbed environment, memory limit,
+  write guard; the launcher itself is ``_kernel.py``);
+* ``execute``   — nbgrader's Execute preprocessor with per-cell and whole-notebook time limits,
+  dead-kernel handling and output truncation;
+* ``course``    — a cached nbgrader course per lesson, generated from ``solutions/`` (its gradebook
+  holds the hidden tests that autograde restores);
+* ``autograde`` — per-exercise results, grading one notebook, and a whole class in parallel workers;
+* ``cli``       — the three commands (their arguments are parsed in ``tantra_lib/cli.py``).
 
-nbgrader stays the grading engine (gradebook, hidden tests, checksums, feedback).
+nbgrader stays the grading engine (gradebook, hidden tests, checksums, feedback). Tested in
+tests/test_grading.py, tests/test_grading_cli.py and tests/test_notebooks.py on the corpus of
+tests/grading_corpus.py; benchmarked in bench/grading.py.
 """

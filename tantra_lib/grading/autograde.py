@@ -3,17 +3,21 @@
 :class:`Grader` owns a private copy of a lesson's course (gradebook included) and grades one
 student at a time in-process through nbgrader's ``Autograde`` converter, whose execute step is
 :class:`~tantra_lib.grading.execute.SandboxExecute`. ``tantra grade`` uses one Grader;
-:func:`autograde_class` starts ``jobs`` long-lived worker processes, each with its own Grader,
+:func:`autograde_class` (and :func:`autograde_many`, several lessons in one pool) starts ``jobs``
+long-lived worker processes, each with its own Grader per lesson,
 that pull students one by one from a queue (so a slow notebook never holds up a fixed share of
 the class), then merges the workers' gradebooks into one and writes the CSV and the feedback.
 
-A submission's result (also the JSON of ``tantra grade --json``)::
+A submission's result (``tantra grade --json`` prints it without "student", and with
+"status"/"error" only when the notebook was not graded)::
 
     {"notebook", "lesson", "student", "score", "max_score", "status", "error",
      "exercises": [{"grade_id", "name", "score", "max_score", "passed", "status", "feedback", "hint"}]}
 
 ``status`` is "graded" or "failed to run" (the notebook could not be executed at all: not
-JSON, not a notebook, corrupted nbgrader metadata, missing file); ``error`` says why.
+JSON, not a notebook, corrupted nbgrader metadata, missing file); ``error`` says why. An
+exercise's ``status`` is the check's ("passed", "failed", "not_attempted", "shortcut",
+"error") or the sandbox's ("timeout", "crashed", "not_run") or "missing" (check cell deleted).
 """
 
 from __future__ import annotations
