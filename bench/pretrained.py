@@ -1,7 +1,7 @@
 """Encoding throughput of all-MiniLM-L6-v2: tantra_lib's blocks against sentence-transformers.
 
 The same 2,000 Shakespeare lines (every k-th line of the plays, so short and long ones mix),
-batch 32, float32 on the CPU, both encoders in this one process; each is timed twice,
+batch 32, float32 on the CPU, both encoders in this one process; each is timed three times,
 alternating, and its best run counts. The target is a ratio tantra_lib / sentence-transformers
 of at least 0.9. `--quick` encodes 64 lines once.
 """
@@ -41,7 +41,7 @@ def run(quick: bool = False) -> list[str]:
     from tantra_lib.pretrained import load_minilm, minilm_model_dir
 
     n = 64 if quick else N_LINES
-    reps = 1 if quick else 2
+    reps = 1 if quick else 3
     lines = _lines(n)
     ours = load_minilm(device="cpu")
     ref = SentenceTransformer(str(minilm_model_dir()), device="cpu")

@@ -167,8 +167,8 @@ class GPT(nn.Module):
         """
         if idx.dim() != 2:
             raise ValueError(f"idx must be (batch, seq) token ids, got shape {tuple(idx.shape)}")
-        if idx.dtype not in (torch.long, torch.int, torch.int16, torch.int8, torch.uint8):
-            raise TypeError(f"idx must hold integer token ids, got dtype {idx.dtype}")
+        if idx.dtype not in (torch.long, torch.int32):
+            raise TypeError(f"idx must hold integer token ids (torch.long), got dtype {idx.dtype}")
         b, t = idx.shape
         pos = 0
         if caches is not None:

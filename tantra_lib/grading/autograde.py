@@ -295,6 +295,13 @@ class Grader:
                                        note="nbgrader could not render the feedback: " + _nbgrader_error(fb))
         return result
 
+    def feedback_all(self) -> None:
+        """nbgrader generate_feedback for every student graded here (one exporter for them all)."""
+        from nbgrader.utils import capture_log
+
+        if (self.root / "autograded").exists():
+            capture_log(self._app("feedback", "*"))
+
     def _scores(self, student: str) -> dict[str, float | None]:
         from nbgrader.api import Gradebook
 
@@ -398,10 +405,15 @@ def _worker(root: str, limits: Limits, tasks, results) -> None:
         try:
             if lesson not in graders:
                 graders[lesson] = Grader(lesson, Path(root) / lesson, limits)
-            result = graders[lesson].grade(student, Path(path), feedback=True)
+            result = graders[lesson].grade(student, Path(path))
         except Exception as e:  # noqa: BLE001  (one bad submission never stops the others)
             result = failed_result(path, lesson, student, f"grader error: {type(e).__name__}: {e}")
         results.put(("done", root, result))
+    for grader in graders.values():  # one nbgrader generate_feedback for all this worker's students
+        try:
+            grader.feedback_all()
+        except Exception:  # noqa: BLE001  (the parent writes a plain page for any feedback missing)
+            pass
     results.put(("exit", root, None))
 
 
