@@ -250,7 +250,9 @@ def class_submissions(lesson: str, outside: Path) -> list[Submission]:
 
     def duplicate_check(nb):
         i = _cells_by_id(nb)["check_" + first]
-        nb.cells.insert(i + 1, copy.deepcopy(nb.cells[i]))
+        dup = copy.deepcopy(nb.cells[i])
+        dup["id"] = "duplicated-check"  # as a copy-paste in Jupyter would, with a fresh cell id
+        nb.cells.insert(i + 1, dup)
     variant("duplicated_check", duplicate_check, {}, "duplicated a check cell")
 
     def edit_check(nb):  # an unsolved exercise whose check cell was replaced by `pass`, worth 100 points

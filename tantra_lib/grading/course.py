@@ -18,6 +18,7 @@ Callers copy it (:func:`copy_course`) before grading into it, so the cache stays
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import logging
@@ -69,6 +70,14 @@ def nbgrader_config(root: Path, **extra):
 
 
 def _fingerprint(lesson: str) -> str:
+    files = [p for p in sorted((SOLUTIONS / lesson).rglob("*")) if p.is_file()] + [REPO / "nbgrader_config.py"]
+    stamp = tuple((str(p), p.stat().st_mtime_ns, p.stat().st_size) for p in files if p.exists())
+    return _fingerprint_of(lesson, stamp)
+
+
+@functools.lru_cache(maxsize=64)
+def _fingerprint_of(lesson: str, stamp: tuple) -> str:
+    """The content hash of a lesson's sources (recomputed only when a file's mtime or size changes)."""
     import nbgrader
 
     h = hashlib.sha256()
@@ -155,7 +164,12 @@ def grade_cells(lesson: str) -> list[dict]:
     """The lesson's grade cells in notebook order: [{"grade_id", "points", "solution_id"}].
 
     ``solution_id`` is the grade_id of the solution cell just before it (the exercise's code)."""
-    nb = json.loads(release_notebook(lesson).read_text(encoding="utf-8"))
+    return [dict(c) for c in _grade_cells(release_notebook(lesson))]
+
+
+@functools.lru_cache(maxsize=64)
+def _grade_cells(release: Path) -> tuple[dict, ...]:
+    nb = json.loads(release.read_text(encoding="utf-8"))
     cells, last_solution = [], None
     for cell in nb["cells"]:
         meta = cell.get("metadata", {}).get("nbgrader", {})
@@ -164,7 +178,7 @@ def grade_cells(lesson: str) -> list[dict]:
         if meta.get("grade"):
             cells.append({"grade_id": meta["grade_id"], "points": float(meta.get("points", 0)),
                           "solution_id": last_solution})
-    return cells
+    return tuple(cells)
 
 
 def find_lesson(path: Path, nb: dict | None = None) -> str | None:
