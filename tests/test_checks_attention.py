@@ -10,20 +10,12 @@ import torch
 import torch.nn.functional as F
 
 from tantra_lib import masked_softmax, softmax
-from tantra_lib.checks import CheckFailed
+from tantra_lib.checks import outcome
 from tantra_lib.checks.attention import (
     check_attention_scores,
     check_causal_mask,
     check_scaled_dot_product_attention,
 )
-
-
-def outcome(check, impl, hidden=False):
-    try:
-        return check(impl, hidden=hidden, quiet=True)
-    except CheckFailed as e:
-        return e.result
-
 
 # ----------------------------------------------------------------------------- attention_scores
 

@@ -16,19 +16,10 @@ from torch import nn
 
 import tantra_lib
 from tantra_lib import LayerNorm, LearnedPositionalEmbedding, TransformerBlock, causal_mask, log_softmax
-from tantra_lib.checks import CheckFailed
+from tantra_lib.checks import outcome
 from tantra_lib.checks.gpt import _functional_gpt, check_cross_entropy_loss, check_GPT, check_sample_next_token
 from tantra_lib.gpt import GPT as RefGPT
 from tantra_lib.gpt import GPTConfig, sample_from_logits
-
-
-def outcome(check, impl, hidden=False):
-    """The Result of running `check` on `impl` (passed or not), without printing."""
-    try:
-        return check(impl, hidden=hidden, quiet=True)
-    except CheckFailed as e:
-        return e.result
-
 
 # ----------------------------------------------------------------------------- cross_entropy_loss
 

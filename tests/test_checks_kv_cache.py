@@ -16,17 +16,8 @@ from torch import nn
 
 import tantra_lib
 from tantra_lib import merge_heads, scaled_dot_product_attention, split_heads
-from tantra_lib.checks import CheckFailed
+from tantra_lib.checks import outcome
 from tantra_lib.checks.kv_cache import check_CachedMultiHeadAttention, check_generate, check_KVCache
-
-
-def outcome(check, impl, hidden=False):
-    """The Result of running `check` on `impl` (passed or not), without printing."""
-    try:
-        return check(impl, hidden=hidden, quiet=True)
-    except CheckFailed as e:
-        return e.result
-
 
 # ----------------------------------------------------------------------------- KVCache (right)
 

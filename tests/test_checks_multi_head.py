@@ -11,16 +11,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from tantra_lib import masked_softmax, merge_heads, scaled_dot_product_attention, softmax, split_heads
-from tantra_lib.checks import CheckFailed
+from tantra_lib.checks import outcome
 from tantra_lib.checks.multi_head import check_merge_heads, check_MultiHeadAttention, check_split_heads
-
-
-def outcome(check, impl, hidden=False):
-    try:
-        return check(impl, hidden=hidden, quiet=True)
-    except CheckFailed as e:
-        return e.result
-
 
 # ----------------------------------------------------------------------------- split_heads
 

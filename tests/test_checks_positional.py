@@ -9,16 +9,8 @@ import pytest
 import torch
 
 from tantra_lib import apply_rope, sinusoidal_positional_encoding
-from tantra_lib.checks import CheckFailed
+from tantra_lib.checks import outcome
 from tantra_lib.checks.positional import check_apply_rope, check_sinusoidal_positional_encoding
-
-
-def outcome(check, impl, hidden=False):
-    try:
-        return check(impl, hidden=hidden, quiet=True)
-    except CheckFailed as e:
-        return e.result
-
 
 # ----------------------------------------------------------------------------- sinusoidal
 

@@ -11,17 +11,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from tantra_lib.checks import CheckFailed
+from tantra_lib.checks import outcome
 from tantra_lib.checks.softmax import check_log_softmax, check_masked_softmax, check_softmax
-
-
-def outcome(check, impl, hidden=False):
-    """The Result of running `check` on `impl` (passed or not), without printing."""
-    try:
-        return check(impl, hidden=hidden, quiet=True)
-    except CheckFailed as e:
-        return e.result
-
 
 # ----------------------------------------------------------------------------- softmax
 

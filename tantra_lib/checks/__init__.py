@@ -17,6 +17,7 @@ from ._core import (  # noqa: F401
     Result,
     exercise,
     lookup,
+    outcome,
     results_from_outputs,
     run_check,
 )

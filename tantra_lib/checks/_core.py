@@ -44,6 +44,7 @@ __all__ = [
     "compare",
     "call",
     "lookup",
+    "outcome",
 ]
 
 #: The mime type of the structured result each check cell displays (read by `tantra check`).
@@ -350,6 +351,16 @@ def exercise(name: str, lesson: str, forbids: Sequence[str] = ()):
         return check
 
     return decorate
+
+
+def outcome(check: Callable, obj, hidden: bool = False) -> Result:
+    """Run a ``check_<name>`` quietly and return its Result, passed or not (never raises CheckFailed).
+
+    For tools and tests that collect verdicts rather than show them."""
+    try:
+        return check(obj, hidden=hidden, quiet=True)
+    except CheckFailed as e:
+        return e.result
 
 
 def results_from_outputs(outputs: list) -> list[dict]:
