@@ -45,7 +45,10 @@ class FeedForward(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         # gelu() above is the formula; F.gelu is the same exact (erf) GELU as one fused op.
-        return self.fc_out(self.dropout(F.gelu(self.fc_in(x))))  # (..., d_ff) in between
+        h = F.gelu(self.fc_in(x))  # (..., d_ff)
+        if self.training and self.dropout.p > 0:  # identity otherwise: skip the call
+            h = self.dropout(h)
+        return self.fc_out(h)
 
 
 @reference("SwiGLU")

@@ -184,7 +184,9 @@ class GPT(nn.Module):
             raise ValueError("idx has no positions (T = 0)")
         # 1) what each token is + where it is
         positions = torch.arange(pos, pos + t, device=idx.device)  # (T,)
-        x = self.drop(self.tok_emb(idx) + self.pos_emb(positions))  # (B, T, C)
+        x = self.tok_emb(idx) + self.pos_emb(positions)  # (B, T, C)
+        if self.training and self.drop.p > 0:  # dropout is the identity otherwise: skip the call
+            x = self.drop(x)
         # 2) causal mask: query i (at position pos+i) may see keys 0..pos+i. A single new
         #    query after a cache may see every cached key, so it needs no mask at all.
         mask = None if (caches is not None and t == 1) else self.causal[pos : pos + t, : pos + t]  # (T, pos+T)
