@@ -45,6 +45,7 @@ __all__ = [
     "call",
     "lookup",
     "outcome",
+    "load_weights",
 ]
 
 #: The mime type of the structured result each check cell displays (read by `tantra check`).
@@ -203,6 +204,22 @@ def call(fn: Callable, *args, name: str = "", **kwargs):
                 "tensor stays as it was.",
             )
     return out
+
+
+def load_weights(model, state_dict: dict, *, what: str, names_hint: str, shapes_hint: str) -> None:
+    """``model.load_state_dict(state_dict, strict=True)``, turning a failure into a Mistake that lists
+    the missing / unexpected keys (names_hint) or the shape mismatch (shapes_hint)."""
+    try:
+        model.load_state_dict(state_dict, strict=True)
+    except RuntimeError as err:
+        own = set(model.state_dict())
+        missing = sorted(set(state_dict) - own)
+        unexpected = sorted(own - set(state_dict))
+        if missing or unexpected:
+            raise Mistake(f"{what} does not load the reference weights: missing keys {missing[:6]}, "
+                          f"unexpected keys {unexpected[:6]}.", names_hint) from None
+        raise Mistake(f"{what}'s parameters have the wrong shapes: {str(err).splitlines()[-1].strip()}",
+                      shapes_hint) from None
 
 
 def lookup(name: str) -> Exercise:

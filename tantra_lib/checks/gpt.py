@@ -34,7 +34,7 @@ from torch.overrides import TorchFunctionMode
 
 from ..device import get_device
 from ..shortcut_guard import _LIB_DIR, ShortcutUsed, _is_internal
-from ._core import Mistake, call, compare, exercise, expect
+from ._core import Mistake, call, compare, exercise, expect, load_weights
 
 __all__ = ["check_cross_entropy_loss", "check_GPT", "check_sample_next_token"]
 
@@ -312,20 +312,11 @@ def _build_gpt(GPT, cfg):
 
 
 def _load_gpt(model, sd, what="your GPT"):
-    try:
-        model.load_state_dict(sd, strict=True)
-    except RuntimeError as err:
-        own = set(model.state_dict())
-        missing = sorted(set(sd) - own)
-        unexpected = sorted(own - set(sd))
-        if missing or unexpected:
-            raise Mistake(f"{what} does not load the reference GPT's weights: missing keys {missing[:6]}, "
-                          f"unexpected keys {unexpected[:6]}.",
-                          "Use the submodule names of the exercise (tok_emb, pos_emb, blocks, ln_f, lm_head) and "
-                          "tantra_lib's pieces; a buffer such as a causal mask needs persistent=False.") from None
-        raise Mistake(f"{what}'s parameters have the wrong shapes: {str(err).splitlines()[-1].strip()}",
-                      "Build every piece from the config: vocab_size, block_size, n_layer, n_head, d_model, d_ff, "
-                      "bias.") from None
+    load_weights(model, sd, what=what,
+                 names_hint="Use the submodule names of the exercise (tok_emb, pos_emb, blocks, ln_f, lm_head) and "
+                            "tantra_lib's pieces; a buffer such as a causal mask needs persistent=False.",
+                 shapes_hint="Build every piece from the config: vocab_size, block_size, n_layer, n_head, d_model, "
+                             "d_ff, bias.")
 
 
 def _check_init(GPT, GPTConfig):

@@ -27,7 +27,7 @@ from torch import nn
 
 from ..device import get_device
 from ..shortcut_guard import ShortcutUsed
-from ._core import Mistake, call, compare, exercise, expect
+from ._core import Mistake, call, compare, exercise, expect, load_weights
 
 __all__ = ["check_KVCache", "check_CachedMultiHeadAttention", "check_generate"]
 
@@ -239,18 +239,9 @@ def _build(cls, *args, what):
 
 
 def _load(model, sd, what):
-    try:
-        model.load_state_dict(sd, strict=True)
-    except RuntimeError as err:
-        own = set(model.state_dict())
-        missing = sorted(set(sd) - own)
-        unexpected = sorted(own - set(sd))
-        if missing or unexpected:
-            raise Mistake(f"{what}'s parameters are not named like the reference: missing {missing[:6]}, "
-                          f"unexpected {unexpected[:6]}.",
-                          "Use the submodule names of the exercise (they make the weights load across).") from None
-        raise Mistake(f"{what}'s parameters have the wrong shapes: {str(err).splitlines()[-1].strip()}",
-                      "Compare the shapes of your Linear layers with the exercise text.") from None
+    load_weights(model, sd, what=what,
+                 names_hint="Use the submodule names of the exercise (they make the weights load across).",
+                 shapes_hint="Compare the shapes of your Linear layers with the exercise text.")
 
 
 def _mha_case(cls, d_model, n_heads, bsz, steps, dtype, seed, label):
