@@ -46,8 +46,8 @@ __all__ = [
     "cmd_sample",
 ]
 
-# The default `tantra train` recipe: the "shakespeare" preset (4 layers, 4 heads, d_model 128,
-# block 64: 0.81 M parameters) trained on the plays. `max_seconds` is a wall-clock budget: the
+# The default `tantra train` recipe: the "shakespeare" preset (3 layers, 4 heads, d_model 128,
+# block 64: 0.61 M parameters) trained on the plays. `max_seconds` is a wall-clock budget: the
 # cosine schedule follows whichever of steps or time runs out first, so the run ends on time
 # (with its learning rate decayed) on a slow machine too. The goal on the course's 2-core CPU:
 # validation loss <= 1.55 nats/char within 4 minutes of wall time; `python -m bench gpt` measures it.

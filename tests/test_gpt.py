@@ -100,7 +100,7 @@ def test_config_defaults_and_presets():
     assert c.d_ff == 64 and c.dropout == 0.0 and c.bias is True
     assert {"tiny", "shakespeare", "kv-bench"} <= set(PRESETS)
     s = GPTConfig.preset("shakespeare", vocab_size=84)
-    assert (s.n_layer, s.n_head, s.d_model, s.block_size) == (4, 4, 128, 64)
+    assert (s.n_layer, s.n_head, s.d_model, s.block_size) == (3, 4, 128, 64)
     assert GPTConfig.from_dict(s.to_dict()) == s
     with pytest.raises(ValueError, match="divisible"):
         GPTConfig(vocab_size=10, block_size=8, n_layer=1, n_head=3, d_model=16)
