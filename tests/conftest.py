@@ -29,3 +29,13 @@ def device(request, monkeypatch) -> torch.device:
     (used by the checks) follows it."""
     monkeypatch.setenv("TANTRA_DEVICE", request.param)
     return torch.device(request.param)
+
+
+@pytest.fixture
+def one_thread():
+    """Run a test with one torch thread (restored afterwards): tiny models run faster on one
+    thread than on two, and are then immune to a busy machine."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
