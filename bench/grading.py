@@ -4,10 +4,13 @@ The same submissions of lesson 01 (half solved, half blank) are graded twice fro
 
 * nbgrader: ``nbgrader autograde LESSON`` in a course folder holding the lesson's gradebook
   (one process, students one after the other, nbgrader's own Execute);
-* tantra: ``tantra autograde LESSON --jobs 2`` (two worker processes, sandboxed kernels; it
-  also writes the CSV and one HTML feedback file per student, which nbgrader's run does not).
+* tantra: ``tantra autograde LESSON --jobs 2`` (two worker processes, sandboxed kernels forked
+  from a zygote that imported torch & co. once; it also writes the CSV and one HTML feedback
+  file per student, which nbgrader's run does not);
+* for comparison, the same with ``--no-preload`` (every kernel started from scratch, as
+  nbgrader starts them), which shows how much of the gain is the two workers alone.
 
-Prints submissions/second for both, seconds per submission, the ratio (target ≥ 1.8x on a
+Prints submissions/second for each, seconds per submission, the ratio (target ≥ 1.8x on a
 2-core machine), and the CPU time per submission of each (per-notebook overhead: it should be
 no worse than nbgrader's; unlike wall time it barely depends on what else the machine runs).
 Both runs start from the same cached course build, so neither pays for generating the assignment.
@@ -85,26 +88,34 @@ def run(quick: bool) -> list[str]:
         if proc.returncode or graded != n:
             raise RuntimeError(f"nbgrader autograde graded {graded}/{n}: {proc.stderr[-2000:]}")
 
-        # tantra autograde, parallel
-        c0 = _child_cpu()
-        t0 = time.perf_counter()
-        proc = subprocess.run(
-            [sys.executable, "-m", "tantra_lib", "autograde", lesson, "--submissions", str(subs), "--jobs", str(jobs),
-             "--out", str(tmp / "tantra-out"), "--no-progress"], env=_env(), capture_output=True, text=True)
-        t_tantra = time.perf_counter() - t0
-        cpu_tantra = _child_cpu() - c0
-        if proc.returncode:
-            raise RuntimeError(f"tantra autograde failed: {proc.stdout[-1000:]} {proc.stderr[-2000:]}")
+        # tantra autograde, parallel: without, then with the kernel zygote
+        def tantra(*extra: str) -> tuple[float, float]:
+            out = tmp / f"tantra-out{len(extra)}"
+            c0 = _child_cpu()
+            t0 = time.perf_counter()
+            proc = subprocess.run(
+                [sys.executable, "-m", "tantra_lib", "autograde", lesson, "--submissions", str(subs),
+                 "--jobs", str(jobs), "--out", str(out), "--no-progress", *extra],
+                env=_env(), capture_output=True, text=True)
+            seconds, cpu = time.perf_counter() - t0, _child_cpu() - c0
+            if proc.returncode:
+                raise RuntimeError(f"tantra autograde failed: {proc.stdout[-1000:]} {proc.stderr[-2000:]}")
+            return seconds, cpu
 
-    rate_nb, rate_ta = n / t_nbgrader, n / t_tantra
+        t_plain, cpu_plain = tantra("--no-preload")
+        t_tantra, cpu_tantra = tantra()
+
+    rate_nb, rate_plain, rate_ta = n / t_nbgrader, n / t_plain, n / t_tantra
     ratio = rate_ta / rate_nb
+    row = "  {:<40}{:>8.3f}{:>8.2f}{:>9.1f}{:>12.2f}{:>8.2f}x".format
     lines += [
-        f"  {'':<34}{'subs/s':>10}{'s/sub':>10}{'total s':>10}",
-        f"  {'nbgrader autograde (serial)':<34}{rate_nb:>10.3f}{t_nbgrader / n:>10.2f}{t_nbgrader:>10.1f}",
-        f"  {f'tantra autograde --jobs {jobs}':<34}{rate_ta:>10.3f}{t_tantra / n:>10.2f}{t_tantra:>10.1f}",
+        f"  {'':<40}{'subs/s':>8}{'s/sub':>8}{'total s':>9}{'CPU s/sub':>12}{'ratio':>9}",
+        row("nbgrader autograde (serial)", rate_nb, t_nbgrader / n, t_nbgrader, cpu_nbgrader / n, 1.0),
+        row(f"tantra autograde --jobs {jobs} --no-preload", rate_plain, t_plain / n, t_plain, cpu_plain / n,
+            rate_plain / rate_nb),
+        row(f"tantra autograde --jobs {jobs}", rate_ta, t_tantra / n, t_tantra, cpu_tantra / n, ratio),
         f"  ratio tantra / nbgrader = {ratio:.2f}x (target ≥ 1.8x on 2 cores: {'met' if ratio >= 1.8 else 'NOT met'})"
         + (" — quick run, not meaningful" if quick else ""),
-        f"  CPU s per submission (all processes, kernels included; barely depends on other load): "
-        f"tantra {cpu_tantra / n:.2f} vs nbgrader {cpu_nbgrader / n:.2f}",
+        "  CPU s/sub: all processes, kernels included (per-notebook overhead; barely depends on other load)",
     ]
     return lines

@@ -71,6 +71,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="where the gradebook, CSV and feedback go (default: ./autograded-LESSON)")
     p.add_argument("--json", action="store_true", help="print the summary as JSON")
     p.add_argument("--no-progress", dest="no_progress", action="store_true", help="no progress bar")
+    p.add_argument("--no-preload", dest="no_preload", action="store_true",
+                   help="start every kernel from scratch instead of forking it from a process that has "
+                        "already imported torch, matplotlib and tantra_lib (slower; for comparison)")
     p.set_defaults(func=_handler("tantra_lib.grading.cli:cmd_autograde"))
 
     p = sub.add_parser("train", help="train the default character GPT on Shakespeare",

@@ -394,12 +394,20 @@ def find_submissions(lesson: str, submissions: Path) -> dict[str, Path]:
     return found
 
 
-def _worker(root: str, limits: Limits, tasks, results) -> None:
+def _worker(root: str, limits: Limits, tasks, results, preload: bool = True) -> None:
     """A worker process: pulls (lesson, student, path) from `tasks` until a None arrives, grading
-    each with its own Grader per lesson (a private course copy under `root`)."""
+    each with its own Grader per lesson (a private course copy under `root`). With `preload`,
+    its kernels are forked from a zygote that imported torch & co. once (see sandbox.py)."""
     import signal
 
+    from .sandbox import use_zygote
+
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent handles Ctrl-C
+    with use_zygote(preload):
+        _grade_queue(root, limits, tasks, results)
+
+
+def _grade_queue(root: str, limits: Limits, tasks, results) -> None:
     graders: dict[str, Grader] = {}
     while True:
         item = tasks.get()
@@ -457,14 +465,19 @@ def write_csv(path: Path, lesson: str, results: list[dict]) -> None:
 
 
 def autograde_class(lesson: str, submissions: Path, out: Path, jobs: int | None = None,
-                    limits: Limits | None = None, progress: bool = True) -> tuple[Summary, list[dict]]:
+                    limits: Limits | None = None, progress: bool = True,
+                    preload: bool = True) -> tuple[Summary, list[dict]]:
     """Grade every student of `submissions` (nbgrader layout) in `jobs` worker processes."""
-    return autograde_many([(lesson, submissions, out)], jobs, limits, progress)[lesson]
+    return autograde_many([(lesson, submissions, out)], jobs, limits, progress, preload)[lesson]
 
 
 def autograde_many(classes: list[tuple[str, Path, Path]], jobs: int | None = None, limits: Limits | None = None,
-                   progress: bool = True) -> dict[str, tuple[Summary, list[dict]]]:
+                   progress: bool = True, preload: bool = True) -> dict[str, tuple[Summary, list[dict]]]:
     """Grade several classes [(lesson, submissions, out)] in one pool of `jobs` workers.
+
+    With `preload` (the default) each worker forks its kernels from a zygote process that has
+    imported torch, matplotlib and tantra_lib once, instead of paying ~2 s of imports per
+    submission; ``preload=False`` starts every kernel from scratch.
 
     Returns lesson -> (summary, results sorted by student); writes each class's gradebook,
     CSV, results.json, feedback/ and autograded/ under its `out`."""
@@ -499,7 +512,7 @@ def autograde_many(classes: list[tuple[str, Path, Path]], jobs: int | None = Non
 
     def start_worker() -> None:
         root = str(work / f"worker-{len(procs)}")
-        p = ctx.Process(target=_worker, args=(root, limits, tasks, results_q), daemon=True)
+        p = ctx.Process(target=_worker, args=(root, limits, tasks, results_q, preload), daemon=True)
         p.start()
         procs[root] = p
 

@@ -185,7 +185,8 @@ def cmd_autograde(args) -> int:
         out = Path(args.out) if args.out else Path(f"autograded-{args.lesson}")
         limits = _limits(args, default_cell=120)
         summary, _ = autograde_class(args.lesson, submissions, out, jobs=args.jobs, limits=limits,
-                                     progress=not getattr(args, "no_progress", False))
+                                     progress=not getattr(args, "no_progress", False),
+                                     preload=not getattr(args, "no_preload", False))
         if summary.students == 0:
             raise UsageError(f"no student folders in {submissions} (expected {submissions}/<student>/"
                              f"{args.lesson}/{args.lesson}.ipynb)")

@@ -15,6 +15,13 @@ usual ``ipykernel_launcher``:
   folders (``solutions/``, the course and gradebook folders); written files are capped in size;
 * **time** and **output** limits are enforced from the outside by
   :class:`tantra_lib.grading.execute.SandboxExecute`.
+
+Grading a class starts one kernel per submission, and each would spend about 2 s importing
+torch and friends. Inside :func:`use_zygote`, kernels are instead forked from a
+:class:`Zygote`: a process that imported those modules once and never runs learner code. A
+forked kernel then applies the same folder, environment, limits and audit hook as a freshly
+started one (see ``_kernel.py``). Where forking is not possible (not Linux, the zygote failed
+to start) kernels are started the normal way.
 """
 
 from __future__ import annotations
@@ -25,13 +32,17 @@ import shutil
 import subprocess
 import sys
 import tempfile
+import threading
+import time
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from jupyter_client.manager import AsyncKernelManager
 from traitlets import Any as AnyTrait
 
-__all__ = ["DEFAULT_MEMORY_MB", "Limits", "Sandbox", "SandboxKernelManager", "kernel_env", "shared_cache"]
+__all__ = ["DEFAULT_MEMORY_MB", "Limits", "Sandbox", "SandboxKernelManager", "Zygote", "kernel_env", "shared_cache",
+           "use_zygote", "PRELOAD"]
 
 #: Default address-space limit of a grading kernel, in MiB (torch alone maps ~1.5 GiB).
 DEFAULT_MEMORY_MB = 4096
@@ -39,6 +50,9 @@ DEFAULT_MEMORY_MB = 4096
 PASS_ENV = ("TANTRA_QUICK", "TANTRA_DEVICE", "MPLBACKEND", "HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE",
             "CUDA_VISIBLE_DEVICES", "LANG", "LC_ALL", "TZ")
 _LAUNCHER = Path(__file__).resolve().with_name("_kernel.py")
+#: Modules a kernel zygote imports before forking kernels: what every lesson's first cell imports.
+PRELOAD = ("numpy", "torch", "torch.nn.functional", "matplotlib", "matplotlib.pyplot", "tantra_lib",
+           "tantra_lib.checks")
 
 
 def shared_cache() -> Path:
@@ -151,6 +165,144 @@ class Sandbox:
         return kernel_env(self.root / "home", self.root / "tmp")
 
 
+class ForkedKernel:
+    """The part of :class:`subprocess.Popen` jupyter_client uses, for a kernel forked by a Zygote.
+
+    The zygote is the kernel's parent, so it collects the exit status and writes it to a file."""
+
+    def __init__(self, pid: int, status_file: Path):
+        self.pid = pid
+        self.returncode: int | None = None
+        self.stdin = self.stdout = self.stderr = None
+        self._status_file = status_file
+
+    def poll(self) -> int | None:
+        if self.returncode is None:
+            try:
+                self.returncode = int(self._status_file.read_text())
+                self._status_file.unlink(missing_ok=True)
+            except (FileNotFoundError, ValueError):
+                try:
+                    os.kill(self.pid, 0)
+                except ProcessLookupError:  # gone without a status: its zygote died first
+                    self.returncode = -9
+                except PermissionError:
+                    pass
+        return self.returncode
+
+    def wait(self, timeout: float | None = None) -> int:
+        end = None if timeout is None else time.monotonic() + timeout
+        while self.poll() is None:
+            if end is not None and time.monotonic() > end:
+                raise subprocess.TimeoutExpired(f"kernel {self.pid}", timeout)
+            time.sleep(0.02)
+        return self.returncode
+
+    def send_signal(self, signum: int) -> None:
+        if self.poll() is None:
+            os.kill(self.pid, signum)
+
+    def terminate(self) -> None:
+        import signal
+
+        self.send_signal(signal.SIGTERM)
+
+    def kill(self) -> None:
+        import signal
+
+        self.send_signal(signal.SIGKILL)
+
+
+class Zygote:
+    """A process that has imported `preload` and forks sandboxed kernels on request.
+
+    It starts importing at once (in the background); :meth:`spawn` waits for it the first
+    time. Use :func:`use_zygote` rather than this class directly."""
+
+    def __init__(self, preload: tuple[str, ...] = PRELOAD, start_timeout: float = 120.0):
+        self.root = Path(tempfile.mkdtemp(prefix="tantra-zygote-"))
+        for sub in ("home", "tmp", "status"):
+            (self.root / sub).mkdir()
+        self.start_timeout = start_timeout
+        self.failed = ""  # why it cannot be used ("" while it can)
+        self._ready = False
+        self._lock = threading.Lock()
+        self.proc = subprocess.Popen(
+            [sys.executable, "-I", str(_LAUNCHER), "--zygote", str(self.root / "status"), *preload],
+            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, cwd=self.root / "tmp",
+            env=kernel_env(self.root / "home", self.root / "tmp"))
+
+    def _read_reply(self, timeout: float) -> dict:
+        import select
+
+        out = self.proc.stdout
+        readable, _, _ = select.select([out], [], [], timeout)
+        line = out.readline() if readable else b""
+        if not line:
+            raise RuntimeError("the kernel zygote did not answer" if not readable else "the kernel zygote stopped")
+        return json.loads(line)
+
+    def spawn(self, argv: list[str], env: dict[str, str], cwd: str) -> ForkedKernel | None:
+        """Fork a kernel running `argv` (``_kernel.py POLICY -f CONNECTION``); None if the zygote
+        cannot (the caller then starts the kernel normally)."""
+        with self._lock:
+            if self.failed:
+                return None
+            try:
+                if not self._ready:
+                    hello = self._read_reply(self.start_timeout)
+                    if not hello.get("ready"):
+                        raise RuntimeError(f"the kernel zygote cannot fork safely: {hello.get('why')}")
+                    self._ready = True
+                self.proc.stdin.write((json.dumps({"argv": argv, "env": env, "cwd": cwd}) + "\n").encode())
+                self.proc.stdin.flush()
+                reply = self._read_reply(30.0)
+                if "pid" not in reply:
+                    raise RuntimeError(reply.get("error", "no pid"))
+            except (OSError, RuntimeError, ValueError) as e:
+                self.failed = str(e)
+                self.close()
+                return None
+            return ForkedKernel(int(reply["pid"]), self.root / "status" / str(reply["pid"]))
+
+    def close(self) -> None:
+        """Stop the zygote (it kills any kernel still running) and remove its folder."""
+        if self.proc.poll() is None:
+            try:
+                self.proc.stdin.close()
+                self.proc.wait(10)
+            except (OSError, subprocess.TimeoutExpired):
+                self.proc.kill()
+                self.proc.wait()
+        for stream in (self.proc.stdin, self.proc.stdout):
+            try:
+                stream.close()
+            except OSError:
+                pass
+        shutil.rmtree(self.root, ignore_errors=True)
+
+
+_zygote: Zygote | None = None
+
+
+@contextmanager
+def use_zygote(enabled: bool = True, preload: tuple[str, ...] = PRELOAD):
+    """Within this block, sandboxed kernels of this process are forked from one Zygote.
+
+    Only on Linux (forking after importing torch elsewhere, e.g. macOS frameworks, is unsafe);
+    with ``enabled=False`` or elsewhere, the block changes nothing."""
+    global _zygote
+    if not enabled or not sys.platform.startswith("linux") or _zygote is not None:
+        yield None
+        return
+    _zygote = Zygote(preload)
+    try:
+        yield _zygote
+    finally:
+        zygote, _zygote = _zygote, None
+        zygote.close()
+
+
 class SandboxKernelManager(AsyncKernelManager):
     """An AsyncKernelManager that starts the kernel through _kernel.py inside a Sandbox."""
 
@@ -172,3 +324,16 @@ class SandboxKernelManager(AsyncKernelManager):
             kw.setdefault("stdout", subprocess.DEVNULL)
             kw.setdefault("stderr", subprocess.DEVNULL)
         return await super()._async_pre_start_kernel(**kw)
+
+    async def _async_launch_kernel(self, kernel_cmd: list[str], **kw) -> None:
+        zygote = _zygote
+        if (zygote is not None and self.sandbox is not None and self.provisioner is not None
+                and kernel_cmd[:3] == [sys.executable, "-I", str(_LAUNCHER)]):
+            proc = zygote.spawn(kernel_cmd[2:], env=dict(kw.get("env") or {}), cwd=str(kw.get("cwd")))
+            if proc is not None:
+                prov = self.provisioner
+                # what LocalProvisioner.launch_kernel records; the kernel leads its own process group
+                prov.process, prov.pid, prov.pgid, prov.cwd = proc, proc.pid, proc.pid, kw.get("cwd")
+                self._reconcile_connection_info(prov.connection_info)
+                return
+        await super()._async_launch_kernel(kernel_cmd, **kw)
