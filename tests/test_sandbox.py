@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 import os
-import sys
 from pathlib import Path
 
 import nbformat
@@ -24,23 +23,23 @@ from tantra_lib.lessons import SOLUTIONS
 
 @pytest.fixture(scope="module")
 def zygote():
-    if not sys.platform.startswith("linux"):
-        yield None
-        return
-    with use_zygote() as z:
+    with use_zygote() as z:  # None where zygotes are not used (not Linux)
         yield z
 
 
+@pytest.fixture
+def forked(zygote, monkeypatch):
+    """Kernels of this test are forked from the module's zygote."""
+    if zygote is None:
+        pytest.skip("kernel zygotes are Linux only")
+    monkeypatch.setattr(sandbox, "_zygote", zygote)
+    return zygote
+
+
 @pytest.fixture(params=["fresh", "zygote"])
-def kernel_start(request, monkeypatch):
+def kernel_start(request):
     """How this test's sandbox kernels start."""
-    if request.param == "zygote":
-        z = request.getfixturevalue("zygote")
-        if z is None:
-            pytest.skip("kernel zygotes are Linux only")
-        monkeypatch.setattr(sandbox, "_zygote", z)
-        return z
-    return None
+    return request.getfixturevalue("forked") if request.param == "zygote" else None
 
 
 def _run(cells: list[str], **limits) -> nbformat.NotebookNode:
@@ -129,15 +128,6 @@ def test_sandbox_dead_kernel_and_big_output():
 
 
 # ----------------------------------------------------------------------------- the kernel zygote
-
-
-@pytest.fixture
-def forked(zygote, monkeypatch):
-    """Kernels of this test are forked from the module's zygote."""
-    if zygote is None:
-        pytest.skip("kernel zygotes are Linux only")
-    monkeypatch.setattr(sandbox, "_zygote", zygote)
-    return zygote
 
 
 def test_forked_kernels_are_fresh_and_cut_off_from_the_zygote(forked):

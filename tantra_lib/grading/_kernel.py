@@ -138,7 +138,7 @@ def main(argv: list[str]) -> None:
 # ----------------------------------------------------------------------------- the zygote
 
 
-def _fork_safe() -> str:
+def _fork_hazard() -> str:
     """Why forking this process would be unsafe ("" if it is safe)."""
     try:
         threads = len(os.listdir("/proc/self/task"))
@@ -230,7 +230,7 @@ def zygote(status_dir: str, preload: list[str]) -> None:
             pass
     import ipykernel.kernelapp  # noqa: F401
 
-    unsafe = _fork_safe()
+    unsafe = _fork_hazard()
     out = sys.stdout.fileno()
     os.write(out, (json.dumps({"ready": not unsafe, "why": unsafe}) + "\n").encode())
     if unsafe:
