@@ -168,3 +168,23 @@ def test_zygote_outlives_dead_kernels_and_falls_back_when_it_is_gone(forked):
         assert _stdout(nb.cells[0]) == "False\n" and _stdout(nb.cells[1]) == "2\n"
     finally:
         broken.close()
+
+
+def test_a_forked_kernel_that_never_answers_is_replaced(forked, monkeypatch):
+    """If a forked kernel does not come up, the notebook still runs, in a kernel started normally."""
+    import subprocess
+
+    from tantra_lib.grading.execute import SandboxExecute
+
+    silent = []
+
+    def spawn_silent(self, argv, env, cwd):  # a "kernel" that never answers (Popen has the same interface)
+        silent.append(subprocess.Popen(["sleep", "300"], start_new_session=True))
+        return silent[-1]
+
+    monkeypatch.setattr(sandbox.Zygote, "spawn", spawn_silent)
+    nb = new_notebook(cells=[new_code_cell("import os; print(os.getppid() == %d)" % forked.proc.pid)])
+    ep = SandboxExecute(timeout=60, startup_timeout=3, allow_errors=True)
+    ep.preprocess(nb, {"metadata": {"name": "replaced"}})
+    assert len(silent) == 1 and silent[0].poll() is not None  # tried once, then shut down
+    assert _stdout(nb.cells[0]) == "False\n"  # ran in a kernel that was not forked

@@ -102,7 +102,9 @@ class SandboxExecute(Execute):
         self.reset_execution_trackers()
         self._check_assign_resources(resources)
         self._stopped: str | None = None  # why the remaining cells are not run
-        with self.setup_kernel():
+        if self.km is None:
+            self._start_kernel()
+        with self.setup_kernel():  # starts the kernel unless _start_kernel did; shuts it down at the end
             assert self.kc is not None
             info = self.wait_for_reply(self.kc.kernel_info())
             if info is not None:
@@ -121,6 +123,24 @@ class SandboxExecute(Execute):
                 self._run_cell(cell, index, resources)
         self.set_widgets_metadata()
         return self.nb, self.resources
+
+    def _start_kernel(self) -> None:
+        """Start the kernel and its client. A kernel forked from a zygote that does not come up
+        is replaced by one started the normal way: a failed fork must not cost a learner marks."""
+        self.km = km = self.create_kernel_manager()
+        try:
+            self.start_new_kernel()
+            self.start_new_kernel_client()
+        except Exception:
+            if not getattr(km, "forked", False):
+                raise
+            if self.km is not None:  # start_new_kernel_client cleans up after itself, start_new_kernel does not
+                self._cleanup_kernel()
+            self.log.warning("a kernel forked from the zygote did not start; starting one from scratch")
+            self.km = self.create_kernel_manager()
+            self.km.use_zygote = False
+            self.start_new_kernel()
+            self.start_new_kernel_client()
 
     def _time_left(self) -> float | None:
         if not self.notebook_timeout:

@@ -41,6 +41,7 @@ from pathlib import Path
 
 from jupyter_client.manager import AsyncKernelManager
 from traitlets import Any as AnyTrait
+from traitlets import Bool
 
 __all__ = ["DEFAULT_MEMORY_MB", "Limits", "Sandbox", "SandboxKernelManager", "Zygote", "kernel_env", "shared_cache",
            "use_zygote", "PRELOAD"]
@@ -304,6 +305,8 @@ class SandboxKernelManager(AsyncKernelManager):
     """An AsyncKernelManager that starts the kernel through _kernel.py inside a Sandbox."""
 
     sandbox = AnyTrait(None, allow_none=True)
+    use_zygote = Bool(True, help="fork the kernel from this process's Zygote when there is one")
+    forked = Bool(False, help="whether the running kernel was forked from a Zygote")
 
     def format_kernel_cmd(self, extra_arguments: list[str] | None = None) -> list[str]:
         if self.sandbox is None:
@@ -323,7 +326,8 @@ class SandboxKernelManager(AsyncKernelManager):
         return await super()._async_pre_start_kernel(**kw)
 
     async def _async_launch_kernel(self, kernel_cmd: list[str], **kw) -> None:
-        zygote = _zygote
+        zygote = _zygote if self.use_zygote else None
+        self.forked = False
         if (zygote is not None and self.sandbox is not None and self.provisioner is not None
                 and kernel_cmd[:3] == [sys.executable, "-I", str(_LAUNCHER)]):
             proc = zygote.spawn(kernel_cmd[2:], env=dict(kw.get("env") or {}), cwd=str(kw.get("cwd")))
@@ -332,5 +336,6 @@ class SandboxKernelManager(AsyncKernelManager):
                 # what LocalProvisioner.launch_kernel records; the kernel leads its own process group
                 prov.process, prov.pid, prov.pgid, prov.cwd = proc, proc.pid, proc.pid, kw.get("cwd")
                 self._reconcile_connection_info(prov.connection_info)
+                self.forked = True
                 return
         await super()._async_launch_kernel(kernel_cmd, **kw)
